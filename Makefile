@@ -1,0 +1,40 @@
+# sockherd: every target bootstraps its own virtual environment, so a fresh clone
+# needs nothing but CPython >= 3.11 with venv and pip.
+PYTHON ?= python3
+VENV ?= .venv
+BIND ?= 127.0.0.1:8000
+PYTEST_ARGS ?=
+
+STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+
+.PHONY: run test test-others test-all lint venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@./.ci/make-venv "$(PYTHON)" "$(VENV)"
+	@touch $@
+
+## make run: the bundled echo service on $(BIND), one forked child per connection.
+run: $(STAMP)
+	$(VENV)/bin/sockherd serve sockherd.examples.echo:EchoHandler --bind $(BIND) --mode forking
+
+## make test: the whole suite on the default python3.
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+## make test-others: the suite on every other CPython 3.11-3.13 found on this machine.
+test-others:
+	@./.ci/test-other-pythons "$(PYTHON)" $(PYTEST_ARGS)
+
+## make test-all: both of the above.
+test-all: test test-others
+
+## make lint: ruff (lint and format check) and mypy.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sockherd tests bench
+	$(VENV)/bin/ruff format --check sockherd tests bench
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf .venv .venv-* .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,82 @@
+"""sockherd: a drop-in `socketserver` that reaps promptly, and a supervisor for socket servers.
+
+`import sockherd as socketserver` gives every public name of CPython 3.13's
+`socketserver`, with the same attributes, defaults, hooks and behaviour, plus:
+
+* `shutdown()` returns at once instead of after up to `poll_interval`;
+* ForkingMixIn reaps each child as soon as it exits (also in `handle_request()`
+  loops) and tallies exit statuses in `child_exit_counts`;
+* the listen backlog defaults to `socket.SOMAXCONN` instead of 5;
+* EMFILE and other resource errors on accept are logged once and backed off
+  instead of spinning the loop;
+* `close_timeout` bounds how long `server_close()` waits for children/threads.
+
+`sockherd.install()` makes `import socketserver` itself return sockherd, for
+stdlib servers (`http.server`, `xmlrpc.server`, `logging.config`) that import it.
+Importing sockherd never imports `http.server`, `wsgiref` or
+`prometheus_client.exposition`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from ._version import VERSION as SOCKHERD_VERSION
+from .stdlib_swap import install
+from .supervisor.base_server import BaseServer
+from .supervisor.combinations import ThreadingTCPServer, ThreadingUDPServer
+from .supervisor.socket_servers import BindError, TCPServer, UDPServer
+from .supervisor.threading_mixin import ThreadingMixIn
+from .workers.request_handlers import (
+    BaseRequestHandler,
+    DatagramRequestHandler,
+    StreamRequestHandler,
+)
+
+# socketserver's own version string, which some programs read.
+__version__ = "0.4"
+
+__all__ = [
+    "BaseServer",
+    "TCPServer",
+    "UDPServer",
+    "ThreadingUDPServer",
+    "ThreadingTCPServer",
+    "BaseRequestHandler",
+    "StreamRequestHandler",
+    "DatagramRequestHandler",
+    "ThreadingMixIn",
+]
+if hasattr(os, "fork"):
+    from .supervisor.combinations import ForkingTCPServer, ForkingUDPServer
+    from .supervisor.forking import ForkingMixIn
+
+    __all__.extend(["ForkingUDPServer", "ForkingTCPServer", "ForkingMixIn"])
+
+if hasattr(socket, "AF_UNIX"):
+    from .supervisor.combinations import ThreadingUnixDatagramServer, ThreadingUnixStreamServer
+    from .supervisor.socket_servers import UnixDatagramServer, UnixStreamServer
+
+    __all__.extend(
+        [
+            "UnixStreamServer",
+            "UnixDatagramServer",
+            "ThreadingUnixStreamServer",
+            "ThreadingUnixDatagramServer",
+        ]
+    )
+    if hasattr(os, "fork"):
+        from .supervisor.combinations import ForkingUnixDatagramServer, ForkingUnixStreamServer
+
+        __all__.extend(["ForkingUnixStreamServer", "ForkingUnixDatagramServer"])
+
+# sockherd's own public names.
+__all__.extend(["BindError", "install"])
+
+# The public classes present themselves as sockherd.X, as CPython's do as socketserver.X.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith(__name__ + "."):
+        _obj.__module__ = __name__
+del _name, _obj

@@ -1,0 +1,7 @@
+"""`python -m sockherd` is the `sockherd` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,139 @@
+"""The `sockherd` command.
+
+    sockherd serve MODULE:HANDLER [--bind ADDRESS] [--mode sync|threading|forking] [--udp]
+
+ADDRESS is `HOST:PORT`, `[IPV6]:PORT` or `unix:/path`.  The server runs in the
+foreground; SIGTERM or SIGINT stop it cleanly (the listening socket is closed
+and children are reaped).  Once it listens it prints one line to stderr:
+`sockherd: serving MODULE:HANDLER on ADDRESS (MODE)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import socket
+import sys
+from typing import Any
+
+
+MODES = ("sync", "threading", "forking")
+
+
+class UsageError(Exception):
+    """A command-line value is wrong; the message says which and how to fix it."""
+
+
+def parse_address(text: str) -> tuple[int, Any]:
+    """Turn `HOST:PORT`, `[V6]:PORT` or `unix:/path` into (address family, address)."""
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path:
+            raise UsageError("--bind unix: needs a path, e.g. unix:/tmp/sockherd.sock")
+        return socket.AF_UNIX, path
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise UsageError(
+            f"--bind {text!r} is not HOST:PORT, [IPV6]:PORT or unix:/path "
+            "(for example 127.0.0.1:8000)"
+        )
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--bind {text!r}: the port must be between 0 and 65535")
+    if host.startswith("[") and host.endswith("]"):
+        return socket.AF_INET6, (host[1:-1], port)
+    return socket.AF_INET, (host, port)
+
+
+def load_handler(path: str) -> type:
+    """Import `module:attribute` and return the handler class it names."""
+    module_name, sep, attribute = path.partition(":")
+    if not sep or not module_name or not attribute:
+        raise UsageError(f"handler {path!r} must be MODULE:CLASS, e.g. sockherd.examples.echo:EchoHandler")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise UsageError(f"handler {path!r}: cannot import module {module_name!r}: {error}")
+    try:
+        handler = getattr(module, attribute)
+    except AttributeError:
+        raise UsageError(f"handler {path!r}: module {module_name!r} has no attribute {attribute!r}")
+    if not isinstance(handler, type):
+        raise UsageError(f"handler {path!r} is a {type(handler).__name__}, not a request handler class")
+    return handler
+
+
+_CLASS_NAMES = {
+    # (Unix domain?, datagrams?) -> socketserver class name
+    (False, False): "TCPServer",
+    (False, True): "UDPServer",
+    (True, False): "UnixStreamServer",
+    (True, True): "UnixDatagramServer",
+}
+_MODE_PREFIXES = {"sync": "", "threading": "Threading", "forking": "Forking"}
+
+
+def server_class(mode: str, family: int, udp: bool) -> type:
+    """A sockherd server class for a concurrency mode, address family and transport.
+
+    A TCP server gets `allow_reuse_address` so a restarted server need not wait
+    out TIME_WAIT; an IPv6 address gets `address_family = AF_INET6`.
+    """
+    import sockherd
+
+    unix = family == getattr(socket, "AF_UNIX", None)
+    base = getattr(sockherd, _MODE_PREFIXES[mode] + _CLASS_NAMES[(unix, udp)])
+    attributes: dict[str, Any] = {"address_family": family}
+    if not unix and not udp:
+        attributes["allow_reuse_address"] = True
+    return type(base.__name__, (base,), attributes)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sockherd", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve a socketserver request handler")
+    serve.add_argument("handler", help="MODULE:CLASS of a socketserver request handler")
+    serve.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT or unix:/path")
+    serve.add_argument("--mode", choices=MODES, default="forking")
+    serve.add_argument("--udp", action="store_true", help="serve datagrams instead of streams")
+    return parser
+
+
+def serve(handler_path: str, bind: str, mode: str, udp: bool) -> int:
+    """Run one server in the foreground until SIGTERM or SIGINT; return the exit status."""
+    family, address = parse_address(bind)
+    handler = load_handler(handler_path)
+    server = server_class(mode, family, udp)(address, handler)
+    with server:
+
+        def stop(signum: int, frame: object) -> None:
+            server.shutdown()  # from the serving thread: sockherd only asks the loop to stop
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        shown = server.server_address
+        if isinstance(shown, tuple):
+            shown = f"{shown[0]}:{shown[1]}"
+        print(f"sockherd: serving {handler_path} on {shown} ({mode})", file=sys.stderr, flush=True)
+        server.serve_forever()
+    print("sockherd: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `sockherd` console script."""
+    args = _build_parser().parse_args(argv)
+    try:
+        return serve(args.handler, args.bind, args.mode, args.udp)
+    except UsageError as error:
+        print(f"sockherd: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"sockherd: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Small services that `make run` and the tests serve with sockherd."""

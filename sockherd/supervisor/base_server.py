@@ -1,0 +1,381 @@
+"""BaseServer: the request template method and the serve loop.
+
+Theory of operation
+-------------------
+The request path is CPython's template method, hook for hook:
+`handle_request()` / `serve_forever()` -> `_handle_request_noblock()` ->
+`get_request()` -> `verify_request()` -> `process_request()` ->
+`finish_request()` -> `shutdown_request()`, with `handle_error()` for
+exceptions and `service_actions()` once per `serve_forever()` iteration.
+
+What differs is how the loop sleeps.  CPython sleeps in `select()` on the
+listening socket alone and notices everything else (a `shutdown()`, a finished
+child) only when `poll_interval` expires.  Here one wait (`_wait_for_listener`)
+also watches *wake sources*:
+
+* a self-pipe (`WakeupPipe`) that `shutdown()` writes to, so it returns at once;
+* whatever a mix-in returns from `_sockherd_wake_sources()`; ForkingMixIn gives
+  one fd per child that turns readable when the child exits, and a callback
+  that reaps it, so no zombie outlives one loop iteration.
+
+The selector's registrations are derived from those sources before every wait,
+never kept as a second copy of the truth.  `poll_interval` still bounds each
+wait, so `service_actions()` keeps running at least that often, as documented.
+While an accept back-off is in force (see `accept_backoff`), the listening
+socket is left out of the wait so a persistent EMFILE cannot spin the loop.
+"""
+
+from __future__ import annotations
+
+import selectors
+import sys
+import threading
+from collections.abc import Callable
+from time import monotonic as time
+from typing import Any
+
+from .accept_backoff import AcceptBackoff
+from .wakeup import WakeupPipe
+
+# poll/select rather than epoll/kqueue: no extra fd and a single syscall per wait,
+# as CPython chose.  poll has no FD_SETSIZE limit.
+if hasattr(selectors, "PollSelector"):
+    _ServerSelector: type[selectors.BaseSelector] = selectors.PollSelector
+else:
+    _ServerSelector = selectors.SelectSelector
+
+_LISTENER = object()  # selector key data that marks the server's own socket
+
+WakeSources = dict[int, Callable[[], None]]
+
+
+class BaseServer:
+    """Base class for server classes.
+
+    Methods for the caller:
+
+    - __init__(server_address, RequestHandlerClass)
+    - serve_forever(poll_interval=0.5)
+    - shutdown()
+    - handle_request()  # if you do not use serve_forever()
+    - fileno() -> int   # for selector
+
+    Methods that may be overridden:
+
+    - server_bind()
+    - server_activate()
+    - get_request() -> request, client_address
+    - handle_timeout()
+    - verify_request(request, client_address)
+    - server_close()
+    - process_request(request, client_address)
+    - shutdown_request(request)
+    - close_request(request)
+    - service_actions()
+    - handle_error()
+
+    Methods for derived classes:
+
+    - finish_request(request, client_address)
+
+    Class variables that may be overridden by derived classes or
+    instances:
+
+    - timeout
+    - address_family
+    - socket_type
+    - allow_reuse_address
+    - allow_reuse_port
+
+    Instance variables:
+
+    - RequestHandlerClass
+    - socket
+    """
+
+    timeout: float | None = None
+
+    # sockherd state, created lazily so subclasses that skip __init__ chains still work.
+    _sockherd_wakeup: WakeupPipe | None = None
+    _sockherd_accept_backoff: AcceptBackoff | None = None
+    _sockherd_serving_thread: int | None = None
+
+    def __init__(self, server_address: Any, RequestHandlerClass: Any) -> None:
+        """Constructor.  May be extended, do not override."""
+        self.server_address = server_address
+        self.RequestHandlerClass = RequestHandlerClass
+        self.__is_shut_down = threading.Event()
+        self.__shutdown_request = False
+
+    def server_activate(self) -> None:
+        """Called by constructor to activate the server.
+
+        May be overridden.
+        """
+        pass
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Handle one request at a time until shutdown.
+
+        Polls for shutdown every poll_interval seconds. Ignores
+        self.timeout. If you need to do periodic tasks, do them in
+        another thread.
+
+        sockherd: `shutdown()` and finished children wake the loop at once
+        through file descriptors; `poll_interval` only bounds how long the loop
+        may sleep before `service_actions()` runs again.
+        """
+        self.__is_shut_down.clear()
+        self._sockherd_serving_thread = threading.get_ident()
+        try:
+            wakeup = self._sockherd_wakeup_pipe()
+            wakeup.drain()
+            with _ServerSelector() as selector:
+                selector.register(self, selectors.EVENT_READ, _LISTENER)
+                while not self.__shutdown_request:
+                    ready = self._wait_for_listener(selector, poll_interval, wakeup)
+                    # bpo-35017: shutdown() called during select(), exit immediately.
+                    if self.__shutdown_request:
+                        break
+                    if ready:
+                        self._handle_request_noblock()
+
+                    self.service_actions()
+        finally:
+            self._sockherd_serving_thread = None
+            self.__shutdown_request = False
+            self.__is_shut_down.set()
+
+    def shutdown(self) -> None:
+        """Stops the serve_forever loop.
+
+        Blocks until the loop has finished. This must be called while
+        serve_forever() is running in another thread, or it will
+        deadlock.
+
+        sockherd: the loop is woken at once instead of at the next
+        `poll_interval`.  Called from the thread running serve_forever()
+        (a handler, a signal handler), it only asks the loop to stop after
+        the current step and returns, where CPython would deadlock.
+        """
+        self.__shutdown_request = True
+        wakeup = self._sockherd_wakeup
+        if wakeup is not None:
+            wakeup.wake()  # also ends a select() that PEP 475 resumes after a signal handler
+        if self._sockherd_serving_thread == threading.get_ident():
+            return
+        self.__is_shut_down.wait()
+
+    def service_actions(self) -> None:
+        """Called by the serve_forever() loop.
+
+        May be overridden by a subclass / Mixin to implement any code that
+        needs to be run during the loop.
+        """
+        pass
+
+    # The distinction between handling, getting, processing and finishing a
+    # request is fairly arbitrary.  Remember:
+    #
+    # - handle_request() is the top-level call.  It calls selector.select(),
+    #   get_request(), verify_request() and process_request()
+    # - get_request() is different for stream or datagram sockets
+    # - process_request() is the place that may fork a new process or create a
+    #   new thread to finish the request
+    # - finish_request() instantiates the request handler class; this
+    #   constructor will handle the request all by itself
+
+    def handle_request(self) -> None:
+        """Handle one request, possibly blocking.
+
+        Respects self.timeout.
+
+        sockherd: while it waits, finished children of a ForkingMixIn server
+        are reaped as they exit, which CPython never does here.
+        """
+        # Support people who used socket.settimeout() to escape
+        # handle_request before self.timeout was available.
+        timeout = self.socket.gettimeout()
+        if timeout is None:
+            timeout = self.timeout
+        elif self.timeout is not None:
+            timeout = min(timeout, self.timeout)
+        if timeout is not None:
+            deadline = time() + timeout
+
+        # Wait until a request arrives or the timeout expires - the loop is
+        # necessary to accommodate early wakeups due to EINTR or wake sources.
+        with _ServerSelector() as selector:
+            selector.register(self, selectors.EVENT_READ, _LISTENER)
+            while True:
+                if self._wait_for_listener(selector, timeout, None):
+                    return self._handle_request_noblock()
+                if timeout is not None:
+                    timeout = deadline - time()
+                    if timeout < 0:
+                        return self.handle_timeout()
+
+    def _handle_request_noblock(self) -> None:
+        """Handle one request, without blocking.
+
+        I assume that selector.select() has returned that the socket is
+        readable before this function was called, so there should be no risk of
+        blocking in get_request().
+        """
+        try:
+            request, client_address = self.get_request()
+        except OSError as error:
+            self._sockherd_backoff().failed(error, self.server_address)
+            return
+        backoff = self._sockherd_accept_backoff
+        if backoff is not None:
+            backoff.succeeded(self.server_address)
+        if self.verify_request(request, client_address):
+            try:
+                self.process_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+                self.shutdown_request(request)
+            except:
+                self.shutdown_request(request)
+                raise
+        else:
+            self.shutdown_request(request)
+
+    def handle_timeout(self) -> None:
+        """Called if no new request arrives within self.timeout.
+
+        Overridden by ForkingMixIn.
+        """
+        pass
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Verify the request.  May be overridden.
+
+        Return True if we should proceed with this request.
+        """
+        return True
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Call finish_request.
+
+        Overridden by ForkingMixIn and ThreadingMixIn.
+        """
+        self.finish_request(request, client_address)
+        self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        """Called to clean-up the server.
+
+        May be overridden.
+
+        sockherd: also closes the loop's wake-up pipe.
+        """
+        wakeup = self._sockherd_wakeup
+        if wakeup is not None:
+            self._sockherd_wakeup = None
+            wakeup.close()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Finish one request by instantiating RequestHandlerClass."""
+        self.RequestHandlerClass(request, client_address, self)
+
+    def shutdown_request(self, request: Any) -> None:
+        """Called to shutdown and close an individual request."""
+        self.close_request(request)
+
+    def close_request(self, request: Any) -> None:
+        """Called to clean up an individual request."""
+        pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Handle an error gracefully.  May be overridden.
+
+        The default is to print a traceback and continue.
+
+        """
+        print("-" * 40, file=sys.stderr)
+        print("Exception occurred during processing of request from", client_address, file=sys.stderr)
+        import traceback
+
+        traceback.print_exc()
+        print("-" * 40, file=sys.stderr)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.server_close()
+
+    # --- sockherd's loop machinery (private) -------------------------------------------
+
+    def _sockherd_wake_sources(self) -> WakeSources:
+        """Extra fds the loop wakes on, each with the callback to run when it is readable.
+
+        Mix-ins extend this (ForkingMixIn: one fd per child).  The default has none.
+        """
+        return {}
+
+    def _sockherd_wakeup_pipe(self) -> WakeupPipe:
+        wakeup = self._sockherd_wakeup
+        if wakeup is None or wakeup.closed:
+            wakeup = self._sockherd_wakeup = WakeupPipe()
+        return wakeup
+
+    def _sockherd_backoff(self) -> AcceptBackoff:
+        backoff = self._sockherd_accept_backoff
+        if backoff is None:
+            backoff = self._sockherd_accept_backoff = AcceptBackoff()
+        return backoff
+
+    def _wait_for_listener(
+        self,
+        selector: selectors.BaseSelector,
+        timeout: float | None,
+        wakeup: WakeupPipe | None,
+    ) -> bool:
+        """Sleep up to `timeout` seconds; return True if the listening socket is readable.
+
+        Runs the callback of every wake source that became readable.  Returns
+        False early (before `timeout`) when only a wake source fired.
+        """
+        sources = self._sockherd_wake_sources()
+        if wakeup is not None:
+            sources[wakeup.read_fd] = wakeup.drain
+        backoff = self._sockherd_accept_backoff
+        paused_for = backoff.paused_for() if backoff is not None else 0.0
+        _sync_registrations(selector, self, sources, listen=not paused_for)
+        if paused_for:
+            timeout = paused_for if timeout is None else min(timeout, paused_for)
+        listener_ready = False
+        for key, _events in selector.select(timeout):
+            if key.data is _LISTENER:
+                listener_ready = True
+            else:
+                key.data()
+        return listener_ready
+
+
+def _sync_registrations(
+    selector: selectors.BaseSelector, server: Any, sources: WakeSources, *, listen: bool
+) -> None:
+    """Make the selector watch exactly `sources`, plus the server itself if `listen`."""
+    registered = selector.get_map()
+    stale = []
+    listener_key = None
+    for key in registered.values():
+        if key.data is _LISTENER:
+            listener_key = key
+        elif key.fd not in sources:
+            stale.append(key.fileobj)
+        elif key.data != sources[key.fd]:
+            selector.modify(key.fileobj, selectors.EVENT_READ, sources[key.fd])
+    for fileobj in stale:
+        selector.unregister(fileobj)
+    for fd, callback in sources.items():
+        if fd not in registered:
+            selector.register(fd, selectors.EVENT_READ, callback)
+    if listen and listener_key is None:
+        selector.register(server, selectors.EVENT_READ, _LISTENER)
+    elif not listen and listener_key is not None:
+        selector.unregister(listener_key.fileobj)

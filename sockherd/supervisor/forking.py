@@ -1,0 +1,290 @@
+"""ForkingMixIn: one child process per request, reaped as soon as it exits.
+
+The documented semantics are CPython's: `process_request()` forks, the parent
+closes its copy of the connection, the child runs `finish_request()`,
+`shutdown_request()` and `os._exit(0)` (1 after any exception);
+`active_children` is a set of pids; `collect_children()` runs from
+`service_actions()`, `handle_timeout()` and `server_close()`, and never waits
+on a pid it did not fork while below `max_children`.
+
+What sockherd adds (see `child_watch` for the mechanism):
+
+* Every child gets a watch fd that the serve loop sleeps on.  When it turns
+  readable the loop reaps that one pid at once, in `serve_forever()` and in
+  `handle_request()` alike, so a finished child is a zombie for at most one
+  loop iteration, whatever `poll_interval` or `timeout` is.
+* At `max_children`, `collect_children()` waits on those fds instead of
+  `waitpid(-1)`, so it cannot steal another library's child.
+* Every exit status is tallied in `child_exit_counts` ("exit 0", "signal SIGKILL").
+* The standard streams are flushed before the fork (so a child cannot repeat
+  the parent's buffered output) and in the child before `os._exit()` (so what
+  a handler printed is not lost).
+* `close_timeout`: when set, `server_close()` waits that long for children,
+  then sends SIGTERM, waits `KILL_GRACE` seconds more, then SIGKILL, and logs
+  a warning naming the pids.  The default, None, waits as CPython does.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import selectors
+import signal
+import sys
+from collections.abc import Callable
+from time import monotonic
+from typing import Any
+
+from .base_server import WakeSources
+from .child_exits import describe_wait_status
+from .child_watch import close_watch_fd, prepare_child_watch
+
+log = logging.getLogger(__name__)
+
+KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL once close_timeout has expired
+_UNWATCHED_POLL = 0.05  # how often children without a watch fd are polled while waiting
+
+
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (AttributeError, ValueError, OSError):
+            pass
+
+
+class _ChildWatch:
+    """The parent's handle on one child: its exit fd and the callback that reaps it."""
+
+    __slots__ = ("fd", "on_exit")
+
+    def __init__(self, fd: int | None, on_exit: Callable[[], None]) -> None:
+        self.fd = fd
+        self.on_exit = on_exit
+
+
+class ForkingMixIn:
+    """Mix-in class to handle each request in a new process."""
+
+    timeout: float | None = 300
+    active_children: set[int] | None = None
+    max_children = 40
+    # If true, server_close() waits until all child processes complete.
+    block_on_close = True
+    # sockherd: seconds server_close() waits before it terminates children; None waits forever.
+    close_timeout: float | None = None
+
+    # sockherd state, created lazily (no mix-in __init__, as in CPython).
+    _sockherd_child_watches: dict[int, _ChildWatch] | None = None
+    _sockherd_child_exit_counts: collections.Counter[str] | None = None
+
+    @property
+    def child_exit_counts(self) -> collections.Counter[str]:
+        """How many children ended how, e.g. {"exit 0": 198, "exit 1": 2}.  Never reset."""
+        counts = self._sockherd_child_exit_counts
+        if counts is None:
+            counts = self._sockherd_child_exit_counts = collections.Counter()
+        return counts
+
+    def collect_children(self, *, blocking: bool = False) -> None:
+        """Internal routine to wait for children that have exited."""
+        if self.active_children is None:
+            return
+
+        # If we're above the max number of children, wait and reap them until
+        # we go back below threshold.  CPython uses waitpid(-1) here, which can
+        # reap children the server did not fork; we wait on our own children.
+        while len(self.active_children) >= self.max_children:
+            if not self._wait_for_any_child(deadline=None):
+                break
+
+        # Now reap all defunct children.
+        for pid in self.active_children.copy():
+            try:
+                flags = 0 if blocking else os.WNOHANG
+                reaped, status = os.waitpid(pid, flags)
+            except ChildProcessError:
+                # someone else reaped it
+                self._sockherd_child_gone(pid, None)
+            except OSError:
+                pass
+            else:
+                if reaped:
+                    self._sockherd_child_gone(reaped, status)
+
+    def handle_timeout(self) -> None:
+        """Wait for zombies after self.timeout seconds of inactivity.
+
+        May be extended, do not override.
+        """
+        self.collect_children()
+
+    def service_actions(self) -> None:
+        """Collect the zombie child processes regularly in the ForkingMixIn.
+
+        service_actions is called in the BaseServer's serve_forever loop.
+        """
+        self.collect_children()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Fork a new subprocess to process the request."""
+        pending = prepare_child_watch()
+        _flush_std_streams()
+        try:
+            pid = os.fork()
+        except BaseException:
+            pending.abandon()
+            raise
+        if pid:
+            # Parent process
+            if self.active_children is None:
+                self.active_children = set()
+            self.active_children.add(pid)
+            self._sockherd_watch_child(pid, pending.in_parent(pid))
+            self.close_request(request)  # type: ignore[attr-defined]
+            return
+        else:
+            # Child process.
+            # This must never return, hence os._exit()!
+            pending.in_child()
+            status = 1
+            try:
+                self.finish_request(request, client_address)  # type: ignore[attr-defined]
+                status = 0
+            except Exception:
+                self.handle_error(request, client_address)  # type: ignore[attr-defined]
+            finally:
+                try:
+                    self.shutdown_request(request)  # type: ignore[attr-defined]
+                finally:
+                    _flush_std_streams()
+                    os._exit(status)
+
+    def server_close(self) -> None:
+        """Close the listening socket, then wait for the children (see `close_timeout`)."""
+        super().server_close()  # type: ignore[misc]
+        if self.block_on_close and self.close_timeout is not None:
+            self._stop_children_after(self.close_timeout)
+        self.collect_children(blocking=self.block_on_close)
+
+    # --- sockherd: the child table -------------------------------------------------
+
+    def _sockherd_wake_sources(self) -> WakeSources:
+        sources: WakeSources = super()._sockherd_wake_sources()  # type: ignore[misc]
+        for watch in (self._sockherd_child_watches or {}).values():
+            if watch.fd is not None:
+                sources[watch.fd] = watch.on_exit
+        return sources
+
+    def _sockherd_watch_child(self, pid: int, fd: int | None) -> None:
+        watches = self._sockherd_child_watches
+        if watches is None:
+            watches = self._sockherd_child_watches = {}
+        watches[pid] = _ChildWatch(fd, lambda: self._sockherd_reap_one(pid))
+
+    def _sockherd_reap_one(self, pid: int) -> None:
+        """The child's watch fd turned readable: reap it now if it has really exited."""
+        try:
+            reaped, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            self._sockherd_child_gone(pid, None)
+            return
+        if reaped:
+            self._sockherd_child_gone(pid, status)
+            return
+        # A sentinel pipe closed early (the child closed its fds): stop watching
+        # it, so the loop does not spin; periodic collect_children() reaps it later.
+        watch = (self._sockherd_child_watches or {}).get(pid)
+        if watch is not None:
+            close_watch_fd(watch.fd)
+            watch.fd = None
+
+    def _sockherd_child_gone(self, pid: int, status: int | None) -> None:
+        """The one place a reaped (or vanished) child leaves the child table."""
+        if self.active_children is not None:
+            self.active_children.discard(pid)
+        watch = (self._sockherd_child_watches or {}).pop(pid, None)
+        if watch is not None:
+            close_watch_fd(watch.fd)
+        if status is not None:
+            self.child_exit_counts[describe_wait_status(status)] += 1
+
+    def _wait_for_any_child(self, deadline: float | None) -> bool:
+        """Block until at least one of our children is reaped; False if none is left or timed out."""
+        while self.active_children:
+            before = len(self.active_children)
+            watches = self._sockherd_child_watches or {}
+            unwatched = [
+                pid for pid in self.active_children if getattr(watches.get(pid), "fd", None) is None
+            ]
+            for pid in unwatched:
+                self._sockherd_reap_unwatched(pid)
+            if len(self.active_children) < before:
+                return True
+            timeout = None if not unwatched else _UNWATCHED_POLL
+            if deadline is not None:
+                remaining = deadline - monotonic()
+                if remaining <= 0:
+                    return False
+                timeout = remaining if timeout is None else min(timeout, remaining)
+            with selectors.DefaultSelector() as selector:
+                for pid, watch in watches.items():
+                    if watch.fd is not None and pid in self.active_children:
+                        selector.register(watch.fd, selectors.EVENT_READ, watch.on_exit)
+                if not selector.get_map() and timeout is None:
+                    # Nothing to sleep on (watch fds unavailable): fall back to CPython's wait.
+                    return self._sockherd_wait_any_pid()
+                for key, _events in selector.select(timeout):
+                    key.data()
+            if len(self.active_children) < before:
+                return True
+        return False
+
+    def _sockherd_reap_unwatched(self, pid: int) -> None:
+        try:
+            reaped, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            self._sockherd_child_gone(pid, None)
+        else:
+            if reaped:
+                self._sockherd_child_gone(pid, status)
+
+    def _sockherd_wait_any_pid(self) -> bool:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            for pid in list(self.active_children or ()):
+                self._sockherd_child_gone(pid, None)
+            return False
+        except OSError:
+            return False
+        if self.active_children is not None and pid in self.active_children:
+            self._sockherd_child_gone(pid, status)
+        return True
+
+    def _stop_children_after(self, grace: float) -> None:
+        """Wait `grace` seconds for children; then SIGTERM, KILL_GRACE more, then SIGKILL."""
+        started = monotonic()
+        for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, KILL_GRACE)):
+            deadline = monotonic() + wait
+            while self.active_children and self._wait_for_any_child(deadline):
+                pass
+            if not self.active_children:
+                return
+            pids = sorted(self.active_children)
+            log.warning(
+                "server_close(): %d child process(es) still running after %.1f s "
+                "(close_timeout=%s); sending %s to pids %s",
+                len(pids),
+                monotonic() - started,
+                grace,
+                signum.name,
+                pids,
+            )
+            for pid in pids:
+                try:
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    pass
