@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import socket
 
-from ._version import VERSION as SOCKHERD_VERSION
 from .stdlib_swap import install
 from .supervisor.base_server import BaseServer
 from .supervisor.combinations import ThreadingTCPServer, ThreadingUDPServer

@@ -127,10 +127,12 @@ def tcp_request(address: tuple[str, int], payload: bytes = b"ping\n", timeout: f
     """Send `payload`, half-close, and return everything the server sends back."""
     with socket.create_connection(address, timeout=timeout) as client:
         client.sendall(payload)
-        client.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):  # the server may already have closed
+            client.shutdown(socket.SHUT_WR)
         chunks = []
-        while chunk := client.recv(65536):
-            chunks.append(chunk)
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := client.recv(65536):
+                chunks.append(chunk)
     return b"".join(chunks)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sockherd.workers.request_handlers import StreamRequestHandler
+from sockherd.workers.request_handlers import DatagramRequestHandler, StreamRequestHandler
 
 
 class EchoHandler(StreamRequestHandler):
@@ -17,3 +17,12 @@ class EchoHandler(StreamRequestHandler):
             if not line:
                 return
             self.wfile.write(line)
+
+
+class DatagramEchoHandler(DatagramRequestHandler):
+    """Send each datagram back to its sender."""
+
+    def handle(self) -> None:
+        """Copy the datagram into the reply."""
+        self.wfile.write(self.rfile.read())
+

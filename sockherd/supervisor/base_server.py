@@ -27,6 +27,7 @@ socket is left out of the wait so a persistent EMFILE cannot spin the loop.
 
 from __future__ import annotations
 
+import logging
 import selectors
 import sys
 import threading
@@ -43,6 +44,8 @@ if hasattr(selectors, "PollSelector"):
     _ServerSelector: type[selectors.BaseSelector] = selectors.PollSelector
 else:
     _ServerSelector = selectors.SelectSelector
+
+log = logging.getLogger(__name__)
 
 _LISTENER = object()  # selector key data that marks the server's own socket
 
@@ -129,7 +132,8 @@ class BaseServer:
         self._sockherd_serving_thread = threading.get_ident()
         try:
             wakeup = self._sockherd_wakeup_pipe()
-            wakeup.drain()
+            if wakeup is not None:
+                wakeup.drain()
             with _ServerSelector() as selector:
                 selector.register(self, selectors.EVENT_READ, _LISTENER)
                 while not self.__shutdown_request:
@@ -316,10 +320,19 @@ class BaseServer:
         """
         return {}
 
-    def _sockherd_wakeup_pipe(self) -> WakeupPipe:
+    def _sockherd_wakeup_pipe(self) -> WakeupPipe | None:
         wakeup = self._sockherd_wakeup
         if wakeup is None or wakeup.closed:
-            wakeup = self._sockherd_wakeup = WakeupPipe()
+            try:
+                wakeup = self._sockherd_wakeup = WakeupPipe()
+            except OSError as error:
+                log.warning(
+                    "serve_forever() on %s runs without its wake-up pipe (%s): shutdown() "
+                    "may take up to poll_interval",
+                    self.server_address,
+                    error,
+                )
+                return None
         return wakeup
 
     def _sockherd_backoff(self) -> AcceptBackoff:

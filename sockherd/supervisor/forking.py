@@ -32,6 +32,7 @@ import os
 import selectors
 import signal
 import sys
+import time
 from collections.abc import Callable
 from time import monotonic
 from typing import Any
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL once close_timeout has expired
 _UNWATCHED_POLL = 0.05  # how often children without a watch fd are polled while waiting
+_SENTINEL_RETRY_DELAYS = (0.0, 0.001, 0.002, 0.004, 0.008, 0.016)
 
 
 def _flush_std_streams() -> None:
@@ -186,14 +188,18 @@ class ForkingMixIn:
 
     def _sockherd_reap_one(self, pid: int) -> None:
         """The child's watch fd turned readable: reap it now if it has really exited."""
-        try:
-            reaped, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            self._sockherd_child_gone(pid, None)
-            return
-        if reaped:
-            self._sockherd_child_gone(pid, status)
-            return
+        # A sentinel pipe reports EOF when the exiting child closes its fds, a moment
+        # before the child becomes reapable: retry briefly (at most ~30 ms in all).
+        for delay in _SENTINEL_RETRY_DELAYS:
+            try:
+                reaped, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                self._sockherd_child_gone(pid, None)
+                return
+            if reaped:
+                self._sockherd_child_gone(pid, status)
+                return
+            time.sleep(delay)
         # A sentinel pipe closed early (the child closed its fds): stop watching
         # it, so the loop does not spin; periodic collect_children() reaps it later.
         watch = (self._sockherd_child_watches or {}).get(pid)
@@ -203,13 +209,14 @@ class ForkingMixIn:
 
     def _sockherd_child_gone(self, pid: int, status: int | None) -> None:
         """The one place a reaped (or vanished) child leaves the child table."""
-        if self.active_children is not None:
-            self.active_children.discard(pid)
+        # Tally first: whoever sees the pid leave active_children may read the counts.
+        if status is not None:
+            self.child_exit_counts[describe_wait_status(status)] += 1
         watch = (self._sockherd_child_watches or {}).pop(pid, None)
         if watch is not None:
             close_watch_fd(watch.fd)
-        if status is not None:
-            self.child_exit_counts[describe_wait_status(status)] += 1
+        if self.active_children is not None:
+            self.active_children.discard(pid)
 
     def _wait_for_any_child(self, deadline: float | None) -> bool:
         """Block until at least one of our children is reaped; False if none is left or timed out."""
