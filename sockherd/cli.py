@@ -17,7 +17,6 @@ import socket
 import sys
 from typing import Any
 
-
 MODES = ("sync", "threading", "forking")
 
 
@@ -50,7 +49,9 @@ def load_handler(path: str) -> type:
     """Import `module:attribute` and return the handler class it names."""
     module_name, sep, attribute = path.partition(":")
     if not sep or not module_name or not attribute:
-        raise UsageError(f"handler {path!r} must be MODULE:CLASS, e.g. sockherd.examples.echo:EchoHandler")
+        raise UsageError(
+            f"handler {path!r} must be MODULE:CLASS, e.g. sockherd.examples.echo:EchoHandler"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
@@ -60,7 +61,9 @@ def load_handler(path: str) -> type:
     except AttributeError:
         raise UsageError(f"handler {path!r}: module {module_name!r} has no attribute {attribute!r}")
     if not isinstance(handler, type):
-        raise UsageError(f"handler {path!r} is a {type(handler).__name__}, not a request handler class")
+        raise UsageError(
+            f"handler {path!r} is a {type(handler).__name__}, not a request handler class"
+        )
     return handler
 
 

@@ -123,7 +123,9 @@ def serving(server: Any, poll_interval: float = 0.5) -> Iterator[threading.Threa
         server.server_close()
 
 
-def tcp_request(address: tuple[str, int], payload: bytes = b"ping\n", timeout: float = 5.0) -> bytes:
+def tcp_request(
+    address: tuple[str, int], payload: bytes = b"ping\n", timeout: float = 5.0
+) -> bytes:
     """Send `payload`, half-close, and return everything the server sends back."""
     with socket.create_connection(address, timeout=timeout) as client:
         client.sendall(payload)

@@ -81,4 +81,3 @@ def test_failed_bind_closes_the_socket():
                 sockherd.TCPServer(first.server_address, sockherd.BaseRequestHandler)
         fds_after = len(os.listdir("/proc/self/fd" if os.path.isdir("/proc") else "/dev/fd"))
     assert fds_after == fds_before
-

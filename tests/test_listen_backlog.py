@@ -1,4 +1,4 @@
-"""The listen backlog: SOMAXCONN by default (CPython 3.15's choice), where CPython 3.11-3.14 use 5."""
+"""The listen backlog: SOMAXCONN by default (CPython 3.15's choice); CPython 3.11-3.14 use 5."""
 
 from __future__ import annotations
 
@@ -108,4 +108,3 @@ def test_burst_of_64_connects_is_queued_without_syn_retries(module):
         assert connected == BURST and queued == BURST
     else:
         assert queued <= 6 and connected < BURST
-

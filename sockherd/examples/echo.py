@@ -25,4 +25,3 @@ class DatagramEchoHandler(DatagramRequestHandler):
     def handle(self) -> None:
         """Copy the datagram into the reply."""
         self.wfile.write(self.rfile.read())
-

@@ -20,4 +20,3 @@ class HelloHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         """Stay quiet: the supervisor's metrics count requests."""
-

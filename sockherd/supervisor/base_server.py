@@ -135,7 +135,7 @@ class BaseServer:
             if wakeup is not None:
                 wakeup.drain()
             with _ServerSelector() as selector:
-                selector.register(self, selectors.EVENT_READ, _LISTENER)
+                selector.register(self, selectors.EVENT_READ, _LISTENER)  # type: ignore[arg-type]
                 while not self.__shutdown_request:
                     ready = self._wait_for_listener(selector, poll_interval, wakeup)
                     # bpo-35017: shutdown() called during select(), exit immediately.
@@ -199,7 +199,7 @@ class BaseServer:
         """
         # Support people who used socket.settimeout() to escape
         # handle_request before self.timeout was available.
-        timeout = self.socket.gettimeout()
+        timeout = self.socket.gettimeout()  # type: ignore[attr-defined]
         if timeout is None:
             timeout = self.timeout
         elif self.timeout is not None:
@@ -210,7 +210,7 @@ class BaseServer:
         # Wait until a request arrives or the timeout expires - the loop is
         # necessary to accommodate early wakeups due to EINTR or wake sources.
         with _ServerSelector() as selector:
-            selector.register(self, selectors.EVENT_READ, _LISTENER)
+            selector.register(self, selectors.EVENT_READ, _LISTENER)  # type: ignore[arg-type]
             while True:
                 if self._wait_for_listener(selector, timeout, None):
                     return self._handle_request_noblock()
@@ -227,7 +227,7 @@ class BaseServer:
         blocking in get_request().
         """
         try:
-            request, client_address = self.get_request()
+            request, client_address = self.get_request()  # type: ignore[attr-defined]
         except OSError as error:
             self._sockherd_backoff().failed(error, self.server_address)
             return
@@ -299,7 +299,9 @@ class BaseServer:
 
         """
         print("-" * 40, file=sys.stderr)
-        print("Exception occurred during processing of request from", client_address, file=sys.stderr)
+        print(
+            "Exception occurred during processing of request from", client_address, file=sys.stderr
+        )
         import traceback
 
         traceback.print_exc()

@@ -219,7 +219,7 @@ class ForkingMixIn:
             self.active_children.discard(pid)
 
     def _wait_for_any_child(self, deadline: float | None) -> bool:
-        """Block until at least one of our children is reaped; False if none is left or timed out."""
+        """Block until one of our children is reaped; False if none is left or on timeout."""
         while self.active_children:
             before = len(self.active_children)
             watches = self._sockherd_child_watches or {}

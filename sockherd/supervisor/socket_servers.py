@@ -52,7 +52,10 @@ def _bind_error(error: OSError, family: int, address: Any) -> OSError:
             "CAP_NET_BIND_SERVICE; use a higher port"
         )
     elif error.errno in (errno.EACCES, errno.ENOENT, errno.ENOTDIR, errno.EROFS) and unix:
-        advice = f"cannot bind {where}: {error.strerror}. Check that the directory exists and is writable"
+        advice = (
+            f"cannot bind {where}: {error.strerror}. "
+            "Check that the directory exists and is writable"
+        )
     else:
         return error
     return BindError(error.errno, advice)
