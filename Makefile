@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test test-others test-all lint venv clean
+.PHONY: run test test-others test-all lint bench venv clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ test-others:
 
 ## make test-all: both of the above.
 test-all: test test-others
+
+## make bench: sockherd's classes against CPython's, side by side, with ratios.
+bench: $(STAMP)
+	$(VENV)/bin/python bench/run.py
 
 ## make lint: ruff (lint and format check) and mypy.
 lint: $(STAMP)

@@ -229,11 +229,22 @@ def test_stock_idle_server_leaves_a_finished_child_as_zombie():
     import socketserver
 
     server = forking_server(socketserver)
-    with serving(server, poll_interval=0.5):
+    loop = threading.Thread(target=server.serve_forever, args=(30,))
+    loop.start()
+    try:
         tcp_request(server.server_address)
         (pid,) = server.active_children
         wait_until(lambda: is_zombie_or_gone(pid))
         assert zombie_children() == [pid]
+    finally:
+        # Stock shutdown() waits out poll_interval; a connection wakes its select() at once.
+        stopper = threading.Thread(target=server.shutdown)
+        stopper.start()
+        wait_until(lambda: server._BaseServer__shutdown_request)
+        socket.create_connection(server.server_address).close()
+        stopper.join(5)
+        loop.join(5)
+        server.server_close()
 
 
 @pytest.mark.parametrize("module", ["socketserver", "sockherd"])

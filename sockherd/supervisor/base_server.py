@@ -10,19 +10,18 @@ exceptions and `service_actions()` once per `serve_forever()` iteration.
 
 What differs is how the loop sleeps.  CPython sleeps in `select()` on the
 listening socket alone and notices everything else (a `shutdown()`, a finished
-child) only when `poll_interval` expires.  Here one wait (`_wait_for_listener`)
-also watches *wake sources*:
+child) only when `poll_interval` expires.  Here the wait (`LoopWait`) also
+watches *wake sources*:
 
 * a self-pipe (`WakeupPipe`) that `shutdown()` writes to, so it returns at once;
-* whatever a mix-in returns from `_sockherd_wake_sources()`; ForkingMixIn gives
-  one fd per child that turns readable when the child exits, and a callback
+* fds that mix-ins register with `_sockherd_add_wake_source()`; ForkingMixIn
+  adds one per child that turns readable when the child exits, with a callback
   that reaps it, so no zombie outlives one loop iteration.
 
-The selector's registrations are derived from those sources before every wait,
-never kept as a second copy of the truth.  `poll_interval` still bounds each
-wait, so `service_actions()` keeps running at least that often, as documented.
-While an accept back-off is in force (see `accept_backoff`), the listening
-socket is left out of the wait so a persistent EMFILE cannot spin the loop.
+`poll_interval` still bounds each wait, so `service_actions()` keeps running
+at least that often, as documented.  While an accept back-off is in force (see
+`accept_backoff`), the listening socket is left out of the wait so a
+persistent EMFILE cannot spin the loop.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ from time import monotonic as time
 from typing import Any
 
 from .accept_backoff import AcceptBackoff
+from .loop_wait import LoopWait
 from .wakeup import WakeupPipe
 
 # poll/select rather than epoll/kqueue: no extra fd and a single syscall per wait,
@@ -46,10 +46,6 @@ else:
     _ServerSelector = selectors.SelectSelector
 
 log = logging.getLogger(__name__)
-
-_LISTENER = object()  # selector key data that marks the server's own socket
-
-WakeSources = dict[int, Callable[[], None]]
 
 
 class BaseServer:
@@ -102,6 +98,8 @@ class BaseServer:
     _sockherd_wakeup: WakeupPipe | None = None
     _sockherd_accept_backoff: AcceptBackoff | None = None
     _sockherd_serving_thread: int | None = None
+    _sockherd_wake_sources: dict[int, Callable[[], None]] | None = None
+    _sockherd_loop_wait: LoopWait | None = None
 
     def __init__(self, server_address: Any, RequestHandlerClass: Any) -> None:
         """Constructor.  May be extended, do not override."""
@@ -135,9 +133,9 @@ class BaseServer:
             if wakeup is not None:
                 wakeup.drain()
             with _ServerSelector() as selector:
-                selector.register(self, selectors.EVENT_READ, _LISTENER)  # type: ignore[arg-type]
+                waiter = self._sockherd_loop_wait = LoopWait(self, selector, wakeup)
                 while not self.__shutdown_request:
-                    ready = self._wait_for_listener(selector, poll_interval, wakeup)
+                    ready = waiter.wait(poll_interval)
                     # bpo-35017: shutdown() called during select(), exit immediately.
                     if self.__shutdown_request:
                         break
@@ -146,6 +144,7 @@ class BaseServer:
 
                     self.service_actions()
         finally:
+            self._sockherd_loop_wait = None
             self._sockherd_serving_thread = None
             self.__shutdown_request = False
             self.__is_shut_down.set()
@@ -210,14 +209,17 @@ class BaseServer:
         # Wait until a request arrives or the timeout expires - the loop is
         # necessary to accommodate early wakeups due to EINTR or wake sources.
         with _ServerSelector() as selector:
-            selector.register(self, selectors.EVENT_READ, _LISTENER)  # type: ignore[arg-type]
-            while True:
-                if self._wait_for_listener(selector, timeout, None):
-                    return self._handle_request_noblock()
-                if timeout is not None:
-                    timeout = deadline - time()
-                    if timeout < 0:
-                        return self.handle_timeout()
+            waiter = self._sockherd_loop_wait = LoopWait(self, selector, None)
+            try:
+                while True:
+                    if waiter.wait(timeout):
+                        return self._handle_request_noblock()
+                    if timeout is not None:
+                        timeout = deadline - time()
+                        if timeout < 0:
+                            return self.handle_timeout()
+            finally:
+                self._sockherd_loop_wait = None
 
     def _handle_request_noblock(self) -> None:
         """Handle one request, without blocking.
@@ -315,12 +317,25 @@ class BaseServer:
 
     # --- sockherd's loop machinery (private) -------------------------------------------
 
-    def _sockherd_wake_sources(self) -> WakeSources:
-        """Extra fds the loop wakes on, each with the callback to run when it is readable.
+    def _sockherd_add_wake_source(self, fd: int, callback: Callable[[], None]) -> None:
+        """Wake the serve loop and run `callback` (in the loop) whenever `fd` is readable.
 
-        Mix-ins extend this (ForkingMixIn: one fd per child).  The default has none.
+        For mix-ins; ForkingMixIn adds each child's exit fd.  Takes effect at once
+        in a running loop and in every later one, until removed.
         """
-        return {}
+        sources = self._sockherd_wake_sources
+        if sources is None:
+            sources = self._sockherd_wake_sources = {}
+        sources[fd] = callback
+        if self._sockherd_loop_wait is not None:
+            self._sockherd_loop_wait.add(fd, callback)
+
+    def _sockherd_remove_wake_source(self, fd: int) -> None:
+        """Stop watching `fd`.  Call it before closing the fd."""
+        if self._sockherd_wake_sources is not None:
+            self._sockherd_wake_sources.pop(fd, None)
+        if self._sockherd_loop_wait is not None:
+            self._sockherd_loop_wait.remove(fd)
 
     def _sockherd_wakeup_pipe(self) -> WakeupPipe | None:
         wakeup = self._sockherd_wakeup
@@ -342,55 +357,3 @@ class BaseServer:
         if backoff is None:
             backoff = self._sockherd_accept_backoff = AcceptBackoff()
         return backoff
-
-    def _wait_for_listener(
-        self,
-        selector: selectors.BaseSelector,
-        timeout: float | None,
-        wakeup: WakeupPipe | None,
-    ) -> bool:
-        """Sleep up to `timeout` seconds; return True if the listening socket is readable.
-
-        Runs the callback of every wake source that became readable.  Returns
-        False early (before `timeout`) when only a wake source fired.
-        """
-        sources = self._sockherd_wake_sources()
-        if wakeup is not None:
-            sources[wakeup.read_fd] = wakeup.drain
-        backoff = self._sockherd_accept_backoff
-        paused_for = backoff.paused_for() if backoff is not None else 0.0
-        _sync_registrations(selector, self, sources, listen=not paused_for)
-        if paused_for:
-            timeout = paused_for if timeout is None else min(timeout, paused_for)
-        listener_ready = False
-        for key, _events in selector.select(timeout):
-            if key.data is _LISTENER:
-                listener_ready = True
-            else:
-                key.data()
-        return listener_ready
-
-
-def _sync_registrations(
-    selector: selectors.BaseSelector, server: Any, sources: WakeSources, *, listen: bool
-) -> None:
-    """Make the selector watch exactly `sources`, plus the server itself if `listen`."""
-    registered = selector.get_map()
-    stale = []
-    listener_key = None
-    for key in registered.values():
-        if key.data is _LISTENER:
-            listener_key = key
-        elif key.fd not in sources:
-            stale.append(key.fileobj)
-        elif key.data != sources[key.fd]:
-            selector.modify(key.fileobj, selectors.EVENT_READ, sources[key.fd])
-    for fileobj in stale:
-        selector.unregister(fileobj)
-    for fd, callback in sources.items():
-        if fd not in registered:
-            selector.register(fd, selectors.EVENT_READ, callback)
-    if listen and listener_key is None:
-        selector.register(server, selectors.EVENT_READ, _LISTENER)
-    elif not listen and listener_key is not None:
-        selector.unregister(listener_key.fileobj)

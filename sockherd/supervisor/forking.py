@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import select
 import selectors
 import signal
 import sys
@@ -37,7 +38,6 @@ from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
-from .base_server import WakeSources
 from .child_exits import describe_wait_status
 from .child_watch import close_watch_fd, prepare_child_watch
 
@@ -102,8 +102,10 @@ class ForkingMixIn:
             if not self._wait_for_any_child(deadline=None):
                 break
 
-        # Now reap all defunct children.
-        for pid in self.active_children.copy():
+        # Now reap all defunct children.  Without blocking, only those that may have
+        # exited: one poll() of the watch fds replaces a waitpid() per live child.
+        candidates = self.active_children.copy() if blocking else self._sockherd_maybe_exited()
+        for pid in candidates:
             try:
                 flags = 0 if blocking else os.WNOHANG
                 reaped, status = os.waitpid(pid, flags)
@@ -173,18 +175,19 @@ class ForkingMixIn:
 
     # --- sockherd: the child table -------------------------------------------------
 
-    def _sockherd_wake_sources(self) -> WakeSources:
-        sources: WakeSources = super()._sockherd_wake_sources()  # type: ignore[misc]
-        for watch in (self._sockherd_child_watches or {}).values():
-            if watch.fd is not None:
-                sources[watch.fd] = watch.on_exit
-        return sources
-
     def _sockherd_watch_child(self, pid: int, fd: int | None) -> None:
         watches = self._sockherd_child_watches
         if watches is None:
             watches = self._sockherd_child_watches = {}
-        watches[pid] = _ChildWatch(fd, lambda: self._sockherd_reap_one(pid))
+        watch = watches[pid] = _ChildWatch(fd, lambda: self._sockherd_reap_one(pid))
+        if fd is not None:
+            self._sockherd_add_wake_source(fd, watch.on_exit)  # type: ignore[attr-defined]
+
+    def _sockherd_unwatch(self, watch: _ChildWatch) -> None:
+        if watch.fd is not None:
+            self._sockherd_remove_wake_source(watch.fd)  # type: ignore[attr-defined]
+            close_watch_fd(watch.fd)
+            watch.fd = None
 
     def _sockherd_reap_one(self, pid: int) -> None:
         """The child's watch fd turned readable: reap it now if it has really exited."""
@@ -204,8 +207,7 @@ class ForkingMixIn:
         # it, so the loop does not spin; periodic collect_children() reaps it later.
         watch = (self._sockherd_child_watches or {}).get(pid)
         if watch is not None:
-            close_watch_fd(watch.fd)
-            watch.fd = None
+            self._sockherd_unwatch(watch)
 
     def _sockherd_child_gone(self, pid: int, status: int | None) -> None:
         """The one place a reaped (or vanished) child leaves the child table."""
@@ -214,9 +216,26 @@ class ForkingMixIn:
             self.child_exit_counts[describe_wait_status(status)] += 1
         watch = (self._sockherd_child_watches or {}).pop(pid, None)
         if watch is not None:
-            close_watch_fd(watch.fd)
+            self._sockherd_unwatch(watch)
         if self.active_children is not None:
             self.active_children.discard(pid)
+
+    def _sockherd_maybe_exited(self) -> list[int]:
+        """Our children whose watch fd is readable, plus every child that has no watch fd."""
+        watches = self._sockherd_child_watches or {}
+        candidates = []
+        poller = select.poll() if hasattr(select, "poll") else None
+        pid_by_fd = {}
+        for pid in self.active_children or ():
+            watch = watches.get(pid)
+            if poller is None or watch is None or watch.fd is None:
+                candidates.append(pid)
+            else:
+                poller.register(watch.fd, select.POLLIN)
+                pid_by_fd[watch.fd] = pid
+        if pid_by_fd and poller is not None:
+            candidates.extend(pid_by_fd[fd] for fd, _events in poller.poll(0))
+        return candidates
 
     def _wait_for_any_child(self, deadline: float | None) -> bool:
         """Block until one of our children is reaped; False if none is left or on timeout."""

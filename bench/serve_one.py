@@ -1,0 +1,34 @@
+"""Serve the echo handler with one module's class for the benchmark.
+
+    python bench/serve_one.py socketserver|sockherd sync|threading|forking
+
+Prints the port on stdout once listening; SIGTERM ends it (the default action).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sockherd.examples.echo import EchoHandler  # noqa: E402
+
+CLASS_NAMES = {
+    "sync": "TCPServer",
+    "threading": "ThreadingTCPServer",
+    "forking": "ForkingTCPServer",
+}
+
+
+def main(module_name: str, mode: str) -> None:
+    module = importlib.import_module(module_name)
+    server_class = getattr(module, CLASS_NAMES[mode])
+    server = server_class(("127.0.0.1", 0), EchoHandler)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,75 @@
+"""The one wait of a serve loop: the listening socket plus the fds that wake the loop.
+
+A `LoopWait` lives for one `serve_forever()` or `handle_request()` call and owns
+that call's selector (CPython builds a fresh one per call too).  It watches:
+
+* the server itself (its `fileno()`), unless an accept back-off is in force;
+* the wake sources registered on the server (fd -> callback), e.g. one fd per
+  forked child, kept in step as they come and go through
+  `BaseServer._sockherd_add_wake_source()` / `_sockherd_remove_wake_source()`;
+* optionally the server's wake-up pipe, which `shutdown()` writes to.
+
+Registrations change incrementally, O(1) per change, so a busy forking loop
+does not rebuild its selector on every iteration.
+"""
+
+from __future__ import annotations
+
+import selectors
+from collections.abc import Callable
+from typing import Any
+
+from .wakeup import WakeupPipe
+
+_LISTENER = object()  # selector key data that marks the server's own socket
+
+
+class LoopWait:
+    """Sleep until the listening socket is readable, running wake-source callbacks meanwhile."""
+
+    def __init__(
+        self, server: Any, selector: selectors.BaseSelector, wakeup: WakeupPipe | None
+    ) -> None:
+        self._server = server
+        self._selector = selector
+        self._listening = False
+        if wakeup is not None:
+            selector.register(wakeup.read_fd, selectors.EVENT_READ, wakeup.drain)
+        for fd, callback in (server._sockherd_wake_sources or {}).items():
+            selector.register(fd, selectors.EVENT_READ, callback)
+
+    def add(self, fd: int, callback: Callable[[], None]) -> None:
+        """Watch one more fd (a new child's exit fd)."""
+        self._selector.register(fd, selectors.EVENT_READ, callback)
+
+    def remove(self, fd: int) -> None:
+        """Stop watching `fd`; call before the fd is closed."""
+        try:
+            self._selector.unregister(fd)
+        except KeyError:
+            pass
+
+    def wait(self, timeout: float | None) -> bool:
+        """Sleep up to `timeout` seconds; return True if the listening socket is readable.
+
+        Returns False early when only wake sources fired (their callbacks have run).
+        While the server's accept back-off is in force the listening socket is not
+        watched and the sleep is capped at the remaining pause.
+        """
+        backoff = self._server._sockherd_accept_backoff
+        paused_for = backoff.paused_for() if backoff is not None else 0.0
+        if paused_for:
+            if self._listening:
+                self._selector.unregister(self._server)
+                self._listening = False
+            timeout = paused_for if timeout is None else min(timeout, paused_for)
+        elif not self._listening:
+            self._selector.register(self._server, selectors.EVENT_READ, _LISTENER)
+            self._listening = True
+        listener_ready = False
+        for key, _events in self._selector.select(timeout):
+            if key.data is _LISTENER:
+                listener_ready = True
+            else:
+                key.data()
+        return listener_ready
