@@ -228,15 +228,32 @@ def test_stock_idle_server_leaves_a_finished_child_as_zombie():
     """The CPython behaviour sockherd improves on (differential counterpart of the above)."""
     import socketserver
 
-    server = forking_server(socketserver)
+    started_r, started_w = os.pipe()
+    release_r, release_w = os.pipe()
+    reaped_once = threading.Event()
+
+    class Server(socketserver.ForkingTCPServer):
+        def service_actions(self):
+            super().service_actions()
+            if self.active_children:
+                reaped_once.set()  # reaping ran while the child was still busy
+
+    server = Server(("127.0.0.1", 0), GatedHandler)
+    server.started_fd, server.release_fd = started_w, release_r
     loop = threading.Thread(target=server.serve_forever, args=(30,))
     loop.start()
     try:
-        tcp_request(server.server_address)
+        client = socket.create_connection(server.server_address)
+        os.read(started_r, 1)
+        assert reaped_once.wait(5)  # the loop is past its reaping, on its way back to select()
         (pid,) = server.active_children
+        os.write(release_w, b"r")
         wait_until(lambda: is_zombie_or_gone(pid))
         assert zombie_children() == [pid]
+        client.close()
     finally:
+        for fd in (started_r, started_w, release_r, release_w):
+            os.close(fd)
         # Stock shutdown() waits out poll_interval; a connection wakes its select() at once.
         stopper = threading.Thread(target=server.shutdown)
         stopper.start()
