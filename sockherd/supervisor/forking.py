@@ -38,6 +38,7 @@ from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
+from .base_server import _ServerSelector
 from .child_exits import describe_wait_status
 from .child_watch import close_watch_fd, prepare_child_watch
 
@@ -106,17 +107,7 @@ class ForkingMixIn:
         # exited: one poll() of the watch fds replaces a waitpid() per live child.
         candidates = self.active_children.copy() if blocking else self._sockherd_maybe_exited()
         for pid in candidates:
-            try:
-                flags = 0 if blocking else os.WNOHANG
-                reaped, status = os.waitpid(pid, flags)
-            except ChildProcessError:
-                # someone else reaped it
-                self._sockherd_child_gone(pid, None)
-            except OSError:
-                pass
-            else:
-                if reaped:
-                    self._sockherd_child_gone(reaped, status)
+            self._sockherd_try_reap(pid, 0 if blocking else os.WNOHANG)
 
     def handle_timeout(self) -> None:
         """Wait for zombies after self.timeout seconds of inactivity.
@@ -194,13 +185,7 @@ class ForkingMixIn:
         # A sentinel pipe reports EOF when the exiting child closes its fds, a moment
         # before the child becomes reapable: retry briefly (at most ~30 ms in all).
         for delay in _SENTINEL_RETRY_DELAYS:
-            try:
-                reaped, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                self._sockherd_child_gone(pid, None)
-                return
-            if reaped:
-                self._sockherd_child_gone(pid, status)
+            if self._sockherd_try_reap(pid):
                 return
             time.sleep(delay)
         # A sentinel pipe closed early (the child closed its fds): stop watching
@@ -208,6 +193,20 @@ class ForkingMixIn:
         watch = (self._sockherd_child_watches or {}).get(pid)
         if watch is not None:
             self._sockherd_unwatch(watch)
+
+    def _sockherd_try_reap(self, pid: int, flags: int = os.WNOHANG) -> bool:
+        """waitpid() one child and record it if it is gone; True if it left the table."""
+        try:
+            reaped, status = os.waitpid(pid, flags)
+        except ChildProcessError:
+            self._sockherd_child_gone(pid, None)  # someone else reaped it
+            return True
+        except OSError:
+            return False
+        if reaped:
+            self._sockherd_child_gone(pid, status)
+            return True
+        return False
 
     def _sockherd_child_gone(self, pid: int, status: int | None) -> None:
         """The one place a reaped (or vanished) child leaves the child table."""
@@ -246,7 +245,7 @@ class ForkingMixIn:
                 pid for pid in self.active_children if getattr(watches.get(pid), "fd", None) is None
             ]
             for pid in unwatched:
-                self._sockherd_reap_unwatched(pid)
+                self._sockherd_try_reap(pid)
             if len(self.active_children) < before:
                 return True
             timeout = None if not unwatched else _UNWATCHED_POLL
@@ -255,40 +254,15 @@ class ForkingMixIn:
                 if remaining <= 0:
                     return False
                 timeout = remaining if timeout is None else min(timeout, remaining)
-            with selectors.DefaultSelector() as selector:
+            with _ServerSelector() as selector:
                 for pid, watch in watches.items():
                     if watch.fd is not None and pid in self.active_children:
                         selector.register(watch.fd, selectors.EVENT_READ, watch.on_exit)
-                if not selector.get_map() and timeout is None:
-                    # Nothing to sleep on (watch fds unavailable): fall back to CPython's wait.
-                    return self._sockherd_wait_any_pid()
                 for key, _events in selector.select(timeout):
                     key.data()
             if len(self.active_children) < before:
                 return True
         return False
-
-    def _sockherd_reap_unwatched(self, pid: int) -> None:
-        try:
-            reaped, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            self._sockherd_child_gone(pid, None)
-        else:
-            if reaped:
-                self._sockherd_child_gone(pid, status)
-
-    def _sockherd_wait_any_pid(self) -> bool:
-        try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            for pid in list(self.active_children or ()):
-                self._sockherd_child_gone(pid, None)
-            return False
-        except OSError:
-            return False
-        if self.active_children is not None and pid in self.active_children:
-            self._sockherd_child_gone(pid, status)
-        return True
 
     def _stop_children_after(self, grace: float) -> None:
         """Wait `grace` seconds for children; then SIGTERM, KILL_GRACE more, then SIGKILL."""
