@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml
 	@./.ci/make-venv "$(PYTHON)" "$(VENV)"
 	@touch $@
 
-## make run: the bundled echo service on $(BIND), one forked child per connection.
+## make run: the bundled echo service on $(BIND), served by a supervised prefork pool.
 run: $(STAMP)
-	$(VENV)/bin/sockherd serve sockherd.examples.echo:EchoHandler --bind $(BIND) --mode forking
+	$(VENV)/bin/sockherd serve sockherd.examples.echo:EchoHandler --bind $(BIND) --mode prefork
 
 ## make test: the whole suite on the default python3.
 test: $(STAMP)

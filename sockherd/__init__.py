@@ -70,6 +70,15 @@ if hasattr(socket, "AF_UNIX"):
 
         __all__.extend(["ForkingUnixStreamServer", "ForkingUnixDatagramServer"])
 
+if hasattr(os, "fork"):
+    from .supervisor.prefork import PreforkMixIn, PreforkTCPServer, PreforkUDPServer
+
+    __all__.extend(["PreforkMixIn", "PreforkTCPServer", "PreforkUDPServer"])
+    if hasattr(socket, "AF_UNIX"):
+        from .supervisor.prefork import PreforkUnixDatagramServer, PreforkUnixStreamServer
+
+        __all__.extend(["PreforkUnixStreamServer", "PreforkUnixDatagramServer"])
+
 # sockherd's own public names.
 __all__.extend(["BindError", "install"])
 

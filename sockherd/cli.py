@@ -1,6 +1,7 @@
 """The `sockherd` command.
 
-    sockherd serve MODULE:HANDLER [--bind ADDRESS] [--mode sync|threading|forking] [--udp]
+    sockherd serve MODULE:HANDLER [--bind ADDRESS] [--udp]
+                   [--mode sync|threading|forking|prefork] [--workers N] [--handoff accept|dispatch]
 
 ADDRESS is `HOST:PORT`, `[IPV6]:PORT` or `unix:/path`.  The server runs in the
 foreground; SIGTERM or SIGINT stop it cleanly (the listening socket is closed
@@ -17,7 +18,7 @@ import socket
 import sys
 from typing import Any
 
-MODES = ("sync", "threading", "forking")
+MODES = ("sync", "threading", "forking", "prefork")
 
 
 class UsageError(Exception):
@@ -74,7 +75,7 @@ _CLASS_NAMES = {
     (True, False): "UnixStreamServer",
     (True, True): "UnixDatagramServer",
 }
-_MODE_PREFIXES = {"sync": "", "threading": "Threading", "forking": "Forking"}
+_MODE_PREFIXES = {"sync": "", "threading": "Threading", "forking": "Forking", "prefork": "Prefork"}
 
 
 def server_class(mode: str, family: int, udp: bool) -> type:
@@ -101,21 +102,37 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT or unix:/path")
     serve.add_argument("--mode", choices=MODES, default="forking")
     serve.add_argument("--udp", action="store_true", help="serve datagrams instead of streams")
+    serve.add_argument("--workers", type=int, help="prefork: worker processes (default: CPUs)")
+    serve.add_argument("--handoff", choices=("accept", "dispatch"), default="accept")
+    serve.add_argument("--max-requests", type=int, default=0, help="prefork: recycle after N")
+    serve.add_argument(
+        "--graceful-timeout", type=float, default=30.0, help="prefork: seconds to finish requests"
+    )
     return parser
 
 
-def serve(handler_path: str, bind: str, mode: str, udp: bool) -> int:
-    """Run one server in the foreground until SIGTERM or SIGINT; return the exit status."""
+def serve(handler_path: str, bind: str, mode: str, udp: bool, settings: dict[str, Any]) -> int:
+    """Run one server in the foreground until SIGTERM or SIGINT; return the exit status.
+
+    `settings` are PreforkMixIn settings, used in prefork mode only.
+    """
     family, address = parse_address(bind)
     handler = load_handler(handler_path)
-    server = server_class(mode, family, udp)(address, handler)
+    if settings.get("workers") is not None and settings["workers"] < 1:
+        raise UsageError("--workers must be at least 1")
+    cls = server_class(mode, family, udp)
+    if mode == "prefork":
+        server = cls(address, handler, **{k: v for k, v in settings.items() if v is not None})
+    else:
+        server = cls(address, handler)
     with server:
+        if mode != "prefork":  # the prefork supervisor handles its own signals
 
-        def stop(signum: int, frame: object) -> None:
-            server.shutdown()  # from the serving thread: sockherd only asks the loop to stop
+            def stop(signum: int, frame: object) -> None:
+                server.shutdown()  # from the serving thread: sockherd only asks the loop to stop
 
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+            signal.signal(signal.SIGTERM, stop)
+            signal.signal(signal.SIGINT, stop)
         shown = server.server_address
         if isinstance(shown, tuple):
             shown = f"{shown[0]}:{shown[1]}"
@@ -129,7 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sockherd` console script."""
     args = _build_parser().parse_args(argv)
     try:
-        return serve(args.handler, args.bind, args.mode, args.udp)
+        settings = {
+            "workers": args.workers,
+            "handoff": args.handoff,
+            "max_requests": args.max_requests,
+            "graceful_timeout": args.graceful_timeout,
+        }
+        return serve(args.handler, args.bind, args.mode, args.udp, settings)
     except UsageError as error:
         print(f"sockherd: {error}", file=sys.stderr)
         return 2

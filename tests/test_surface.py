@@ -61,6 +61,10 @@ def _cpython_313_all() -> list[str]:
 
 CPYTHON_313_ALL = _cpython_313_all()
 SOCKHERD_EXTRA_NAMES = ["BindError", "install"]
+if HAS_FORK:
+    SOCKHERD_EXTRA_NAMES += ["PreforkMixIn", "PreforkTCPServer", "PreforkUDPServer"]
+    if hasattr(socket, "AF_UNIX"):
+        SOCKHERD_EXTRA_NAMES += ["PreforkUnixStreamServer", "PreforkUnixDatagramServer"]
 # The predefined mix-in + socket server combinations.
 COMBINATIONS = [
     name

@@ -145,9 +145,12 @@ class BaseServer:
                     self.service_actions()
         finally:
             self._sockherd_loop_wait = None
-            self._sockherd_serving_thread = None
-            self.__shutdown_request = False
-            self.__is_shut_down.set()
+            try:
+                self._sockherd_before_loop_exit()
+            finally:
+                self._sockherd_serving_thread = None
+                self.__shutdown_request = False
+                self.__is_shut_down.set()
 
     def shutdown(self) -> None:
         """Stops the serve_forever loop.
@@ -316,6 +319,20 @@ class BaseServer:
         self.server_close()
 
     # --- sockherd's loop machinery (private) -------------------------------------------
+
+    def _sockherd_accepting(self) -> bool:
+        """Whether the loop should watch the listening socket now (PreforkMixIn may say no)."""
+        return True
+
+    def _sockherd_before_loop_exit(self) -> None:
+        """Runs as serve_forever() ends, before shutdown() returns (PreforkMixIn stops workers)."""
+
+    def _sockherd_close_supervisor_fds(self) -> None:
+        """In a forked worker: close the serve loop's own fds (the wake-up pipe)."""
+        wakeup = self._sockherd_wakeup
+        if wakeup is not None:
+            self._sockherd_wakeup = None
+            wakeup.close()
 
     def _sockherd_add_wake_source(self, fd: int, callback: Callable[[], None]) -> None:
         """Wake the serve loop and run `callback` (in the loop) whenever `fd` is readable.

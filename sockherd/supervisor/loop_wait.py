@@ -53,19 +53,20 @@ class LoopWait:
         """Sleep up to `timeout` seconds; return True if the listening socket is readable.
 
         Returns False early when only wake sources fired (their callbacks have run).
-        While the server's accept back-off is in force the listening socket is not
-        watched and the sleep is capped at the remaining pause.
+        While the server's accept back-off is in force, or the server says it is
+        not accepting (a prefork pool with no idle worker), the listening socket
+        is not watched; a back-off also caps the sleep at the remaining pause.
         """
         backoff = self._server._sockherd_accept_backoff
         paused_for = backoff.paused_for() if backoff is not None else 0.0
         if paused_for:
-            if self._listening:
-                self._selector.unregister(self._server)
-                self._listening = False
             timeout = paused_for if timeout is None else min(timeout, paused_for)
-        elif not self._listening:
+        listen = not paused_for and self._server._sockherd_accepting()
+        if listen and not self._listening:
             self._selector.register(self._server, selectors.EVENT_READ, _LISTENER)
-            self._listening = True
+        elif self._listening and not listen:
+            self._selector.unregister(self._server)
+        self._listening = listen
         listener_ready = False
         for key, _events in self._selector.select(timeout):
             if key.data is _LISTENER:

@@ -1,0 +1,305 @@
+"""PreforkMixIn: the same handlers and hooks, served by a supervised pool of worker processes.
+
+The server process is the supervisor: it binds and keeps the listening socket,
+runs the usual serve loop (woken by worker exits, worker messages, signals and
+`shutdown()`), and never runs request code.  Workers (see `workers.worker_loop`)
+are forked by `WorkerPool` with multiprocess's fork context.
+
+Configuration is class attributes, as everywhere in socketserver, or the same
+names as keyword arguments of the Prefork*Server constructors:
+
+==================== ======= ====================================================
+workers              None    worker processes; None means os.cpu_count()
+handoff              accept  "accept" (workers block in accept) or "dispatch"
+                             (the supervisor accepts and passes each connection
+                             to the least recently used idle worker)
+max_requests         0       recycle a worker after this many requests (0: never)
+max_requests_jitter  0       plus a random 0..jitter, so workers do not recycle together
+worker_timeout       30      seconds a request (or a stuck worker) may take before
+                             SIGABRT (traceback in the log) and, kill_grace later, SIGKILL
+kill_grace           2       seconds between SIGABRT and SIGKILL
+graceful_timeout     30      seconds a stopping server waits for requests in progress
+min_workers          1       lower bound for TTOU
+max_workers          None    upper bound for TTIN; None means 4 * os.cpu_count()
+heartbeat_interval   0.5     how often an idle worker proves it is alive
+==================== ======= ====================================================
+
+Lifecycle: `serve_forever()` starts the workers and supervises them until
+`shutdown()` (or SIGTERM/SIGINT in the main thread), then stops them
+gracefully before returning; `server_close()` closes the socket as usual.
+Signals, when `serve_forever()` runs in the main thread: TERM/INT graceful
+stop, QUIT immediate stop, HUP rolling reload (new workers report ready before
+old ones drain), TTIN/TTOU one worker more/less, USR1 reopen log files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+from ..workers.worker_loop import set_listener_heartbeat
+from .signals import SignalRelay
+from .socket_servers import TCPServer, UDPServer
+from .worker_pool import WorkerPool
+
+log = logging.getLogger(__name__)
+
+SETTINGS = (
+    "workers",
+    "handoff",
+    "max_requests",
+    "max_requests_jitter",
+    "worker_timeout",
+    "kill_grace",
+    "graceful_timeout",
+    "min_workers",
+    "max_workers",
+    "heartbeat_interval",
+)
+HANDOFFS = ("accept", "dispatch")
+
+
+class PreforkMixIn:
+    """Mix-in class to handle requests in a supervised pool of pre-forked workers."""
+
+    workers: int | None = None
+    handoff = "accept"
+    max_requests = 0
+    max_requests_jitter = 0
+    worker_timeout: float | None = 30.0
+    kill_grace = 2.0
+    graceful_timeout = 30.0
+    min_workers = 1
+    max_workers: int | None = None
+    heartbeat_interval = 0.5
+
+    # sockherd state, created lazily (no mix-in __init__).
+    _sockherd_pool: WorkerPool | None = None
+    _sockherd_signals: SignalRelay | None = None
+    _sockherd_quick_stop = False
+
+    # --- hooks ------------------------------------------------------------------------
+
+    def worker_setup(self) -> None:
+        """Called in each new worker before it serves.  May be overridden.
+
+        An exception here counts as a boot failure: the worker exits and the
+        supervisor starts the next one after an exponential back-off.
+        """
+
+    # --- the supervisor's loop --------------------------------------------------------
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Start the workers and supervise them until shutdown(); stop them before returning."""
+        self._sockherd_validate()
+        pool = self._sockherd_pool = WorkerPool(self)
+        if self._sockherd_handoff() == "accept":
+            set_listener_heartbeat(self.socket, self.heartbeat_interval)  # type: ignore[attr-defined]
+        wakeup = self._sockherd_wakeup_pipe()  # type: ignore[attr-defined]
+        relay = self._sockherd_signals = SignalRelay(wakeup.wake if wakeup else lambda: None)
+        relay.install()
+        self._sockherd_quick_stop = False
+        try:
+            pool.reconcile()
+            super().serve_forever(poll_interval)  # type: ignore[misc]
+        finally:
+            relay.restore()
+            self._sockherd_signals = None
+            if pool.workers:
+                pool.stop_all(graceful=False)
+            pool.close()
+            self._sockherd_pool = None
+
+    def _sockherd_before_loop_exit(self) -> None:
+        pool = self._sockherd_pool
+        if pool is not None:
+            pool.stop_all(graceful=not self._sockherd_quick_stop)
+
+    def service_actions(self) -> None:
+        """Handle the signals received, then let the pool reconcile.  May be extended."""
+        relay = self._sockherd_signals
+        if relay is not None:
+            for name in relay.pending():
+                getattr(self, "handle_" + name.lower())()
+        if self._sockherd_pool is not None:
+            self._sockherd_pool.tick()
+
+    def handle_request(self) -> None:
+        """Not available: a prefork server serves through its pool, in serve_forever()."""
+        raise RuntimeError(
+            f"{type(self).__name__} serves through its worker pool: call serve_forever(), "
+            "not handle_request()"
+        )
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Dispatch mode, in the supervisor: pass the connection to an idle worker."""
+        pool = self._sockherd_pool
+        if pool is None or not pool.dispatch(request, client_address):
+            log.warning("no worker could take the connection from %s; closing it", client_address)
+        self.close_request(request)  # type: ignore[attr-defined]
+
+    # --- signals (called from the loop, not in signal context) ---------------------
+
+    def handle_sigterm(self) -> None:
+        """Graceful stop: requests in progress finish (within graceful_timeout)."""
+        log.info("SIGTERM: stopping gracefully")
+        self.shutdown()  # type: ignore[attr-defined]
+
+    def handle_sigint(self) -> None:
+        """Graceful stop, as SIGTERM."""
+        log.info("SIGINT: stopping gracefully")
+        self.shutdown()  # type: ignore[attr-defined]
+
+    def handle_sigquit(self) -> None:
+        """Immediate stop: workers are killed."""
+        log.info("SIGQUIT: stopping now")
+        self._sockherd_quick_stop = True
+        self.shutdown()  # type: ignore[attr-defined]
+
+    def handle_sighup(self) -> None:
+        """Rolling reload: a new generation of workers replaces the old one."""
+        if self._sockherd_pool is not None:
+            self._sockherd_pool.reload()
+
+    def handle_sigttin(self) -> None:
+        """One worker more (up to max_workers)."""
+        if self._sockherd_pool is not None:
+            self._sockherd_pool.scale_by(+1)
+
+    def handle_sigttou(self) -> None:
+        """One worker less (down to min_workers)."""
+        if self._sockherd_pool is not None:
+            self._sockherd_pool.scale_by(-1)
+
+    def handle_sigusr1(self) -> None:
+        """Reopen the log files of logging's FileHandlers (after log rotation)."""
+        for handler in list(logging._handlers.values()):  # type: ignore[attr-defined]
+            if isinstance(handler, logging.FileHandler) and handler.stream is not None:
+                handler.acquire()
+                try:
+                    handler.stream.close()
+                    handler.stream = handler._open()
+                finally:
+                    handler.release()
+
+    # --- introspection ---------------------------------------------------------------
+
+    def worker_stats(self) -> list[dict[str, Any]]:
+        """One dict per live worker: slot, pid, generation, state, requests, errors."""
+        pool = self._sockherd_pool
+        if pool is None:
+            return []
+        stats = []
+        for index in sorted(pool.workers):
+            slot = pool.scoreboard.slots[index]
+            stats.append(
+                {
+                    "slot": index,
+                    "pid": slot.pid,
+                    "generation": slot.generation,
+                    "state": pool.scoreboard.state(index).name.lower(),
+                    "requests": slot.requests,
+                    "errors": slot.errors,
+                }
+            )
+        return stats
+
+    # --- sockherd internals ------------------------------------------------------------
+
+    def _sockherd_accepting(self) -> bool:
+        pool = self._sockherd_pool
+        return (
+            pool is not None and self._sockherd_handoff() == "dispatch" and pool.has_idle_worker()
+        )
+
+    def _sockherd_handoff(self) -> str:
+        if self.socket.type == socket.SOCK_DGRAM:  # type: ignore[attr-defined]
+            return "accept"  # datagram workers all read the shared socket
+        return self.handoff
+
+    def _sockherd_worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    def _sockherd_max_workers(self) -> int:
+        return self.max_workers or 4 * (os.cpu_count() or 1)
+
+    def _sockherd_validate(self) -> None:
+        if self.handoff not in HANDOFFS:
+            raise ValueError(f"handoff must be one of {HANDOFFS}, not {self.handoff!r}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be at least 1, not {self.workers}")
+        if self.heartbeat_interval <= 0:
+            raise ValueError("heartbeat_interval must be positive")
+
+    def _sockherd_configure(self, settings: dict[str, Any]) -> None:
+        unknown = sorted(set(settings) - set(SETTINGS))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}() got unknown setting(s) {unknown}; "
+                f"known: {', '.join(SETTINGS)}"
+            )
+        for name, value in settings.items():
+            setattr(self, name, value)
+        self._sockherd_validate()
+
+
+class PreforkTCPServer(PreforkMixIn, TCPServer):
+    """A TCP server whose requests are served by a supervised pool of worker processes."""
+
+    def __init__(
+        self,
+        server_address: Any,
+        RequestHandlerClass: Any,
+        bind_and_activate: bool = True,
+        **settings: Any,
+    ) -> None:
+        self._sockherd_configure(settings)
+        TCPServer.__init__(self, server_address, RequestHandlerClass, bind_and_activate)
+
+
+class PreforkUDPServer(PreforkMixIn, UDPServer):
+    """A UDP server whose workers all read the shared datagram socket."""
+
+    def __init__(
+        self,
+        server_address: Any,
+        RequestHandlerClass: Any,
+        bind_and_activate: bool = True,
+        **settings: Any,
+    ) -> None:
+        self._sockherd_configure(settings)
+        UDPServer.__init__(self, server_address, RequestHandlerClass, bind_and_activate)
+
+
+if hasattr(socket, "AF_UNIX"):
+    from .socket_servers import UnixDatagramServer, UnixStreamServer
+
+    class PreforkUnixStreamServer(PreforkMixIn, UnixStreamServer):
+        """A Unix stream server served by a supervised pool of worker processes."""
+
+        def __init__(
+            self,
+            server_address: Any,
+            RequestHandlerClass: Any,
+            bind_and_activate: bool = True,
+            **settings: Any,
+        ) -> None:
+            self._sockherd_configure(settings)
+            UnixStreamServer.__init__(self, server_address, RequestHandlerClass, bind_and_activate)
+
+    class PreforkUnixDatagramServer(PreforkMixIn, UnixDatagramServer):
+        """A Unix datagram server whose workers all read the shared socket."""
+
+        def __init__(
+            self,
+            server_address: Any,
+            RequestHandlerClass: Any,
+            bind_and_activate: bool = True,
+            **settings: Any,
+        ) -> None:
+            self._sockherd_configure(settings)
+            UnixDatagramServer.__init__(
+                self, server_address, RequestHandlerClass, bind_and_activate
+            )

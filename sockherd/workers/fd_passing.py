@@ -1,0 +1,29 @@
+"""Passing an accepted connection from the supervisor to a worker (dispatch mode).
+
+One SCM_RIGHTS message per connection over the worker's Unix socket pair: the
+fd, plus the client address pickled into the message body.  The supervisor
+closes its copy after sending; the worker rebuilds a socket object of the
+listener's family and type.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+from typing import Any
+
+MAX_MESSAGE = 4096
+
+
+def send_connection(channel: socket.socket, connection: socket.socket, address: Any) -> None:
+    """Send `connection` and its client `address` to the worker at the other end."""
+    socket.send_fds(channel, [pickle.dumps(address)], [connection.fileno()])
+
+
+def receive_connection(channel: socket.socket, family: int, kind: int) -> tuple[Any, Any] | None:
+    """Receive one connection; None when the supervisor closed the channel."""
+    message, fds, _flags, _address = socket.recv_fds(channel, MAX_MESSAGE, 1)
+    if not fds:
+        return None
+    connection = socket.socket(family, kind, fileno=fds[0])
+    return connection, pickle.loads(message)

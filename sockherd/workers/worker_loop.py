@@ -1,0 +1,233 @@
+"""The body of a prefork worker: take connections, run the server's handler, report back.
+
+A worker is forked by the supervisor (`supervisor.worker_pool`) and never
+returns into the supervisor's code.  It owns one scoreboard slot and one end
+of a Unix socket pair (its *channel*) to the supervisor, on which it sends
+one byte per event: `r` once it is ready, `i` each time it is idle again
+(dispatch mode uses `i` to hand it the next connection).
+
+Hand-off modes:
+
+* **accept**: the worker blocks in `server.get_request()` on the inherited
+  listening socket.  A blocking accept() lets the kernel wake exactly one
+  waiting worker, in FIFO order (no thundering herd, no LIFO bias).  The
+  supervisor sets SO_RCVTIMEO on the listener, so accept() returns EAGAIN every
+  `heartbeat_interval` seconds: the worker then beats its heartbeat and checks
+  whether it was told to stop.  Each accepted socket gets SO_RCVTIMEO cleared
+  (the kernel copies it from the listener).  Datagram servers work the same
+  way with `recvfrom()`.
+* **dispatch**: the supervisor accepts and passes each connection over the
+  channel (SCM_RIGHTS); the worker waits on the channel and a self-pipe.
+
+SIGTERM asks the worker to stop after the request in hand.  When the whole
+server stops (the scoreboard's `draining` flag), an accept-mode worker first
+serves what is already queued in the listen backlog.
+"""
+
+from __future__ import annotations
+
+import errno
+import faulthandler
+import os
+import random
+import select
+import signal
+import socket
+import struct
+import sys
+from typing import Any
+
+from .fd_passing import receive_connection
+from .lifecycle import WorkerState
+from .scoreboard import Scoreboard
+
+READY = b"r"
+IDLE = b"i"
+BOOT_FAILURE_EXIT = 3  # exit status of a worker whose worker_setup() raised
+
+_NO_TIMEOUT = struct.pack("ll", 0, 0)  # struct timeval {0, 0}: SO_RCVTIMEO off
+
+
+class Worker:
+    """One worker process's loop; built and run in the child right after the fork."""
+
+    def __init__(
+        self,
+        server: Any,
+        index: int,
+        scoreboard: Scoreboard,
+        channel: socket.socket,
+        handoff: str,
+        heartbeat_interval: float,
+    ) -> None:
+        self.server = server
+        self.index = index
+        self.scoreboard = scoreboard
+        self.channel = channel
+        self.handoff = handoff
+        self.heartbeat_interval = heartbeat_interval
+        self.stopping = False
+        self.parent_pid = os.getppid()
+        limit = server.max_requests
+        if limit:
+            limit += random.randint(0, server.max_requests_jitter or 0)
+        self.request_limit = limit
+        self.served = 0
+        self.wake_read, self.wake_write = os.pipe()
+        os.set_blocking(self.wake_write, False)
+
+    # --- set-up --------------------------------------------------------------------
+
+    def install_signals(self) -> None:
+        """SIGTERM: stop after the current request.  The supervisor's signals: ignored."""
+        for name in ("SIGHUP", "SIGTTIN", "SIGTTOU", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGINT"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
+        for name in ("SIGQUIT", "SIGCHLD", "SIGPIPE"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        faulthandler.enable()  # SIGABRT from the supervisor's timeout dumps our traceback
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        self.stopping = True
+        try:
+            os.write(self.wake_write, b"x")
+        except OSError:
+            pass
+
+    def tell(self, event: bytes) -> None:
+        """Send one event byte to the supervisor (ignored if it is gone)."""
+        try:
+            self.channel.send(event)
+        except OSError:
+            self.stopping = True
+
+    # --- the loop ------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until told to stop or recycled; return the process exit status."""
+        self.install_signals()
+        try:
+            self.server.worker_setup()
+        except Exception:
+            import traceback
+
+            print(f"sockherd worker {self.index}: worker_setup() failed:", file=sys.stderr)
+            traceback.print_exc()
+            sys.stderr.flush()
+            return BOOT_FAILURE_EXIT
+        self.scoreboard.set_state(self.index, WorkerState.IDLE)
+        self.tell(READY)
+        if self.handoff == "dispatch":
+            self.dispatched_loop()
+        else:
+            self.accept_loop()
+        self.scoreboard.set_state(self.index, WorkerState.STOPPING)
+        return 0
+
+    def should_stop(self) -> bool:
+        """Stop when told to, when recycled, or when the supervisor has died."""
+        if self.request_limit and self.served >= self.request_limit:
+            return True
+        if os.getppid() != self.parent_pid:
+            return True
+        return self.stopping
+
+    def accept_loop(self) -> None:
+        """accept mode: block in get_request() on the shared listener, one request at a time."""
+        while not self.should_stop():
+            self.scoreboard.beat(self.index)
+            if not self.accept_one():
+                continue
+        if self.scoreboard.retired.draining:
+            self.drain_backlog()
+
+    def accept_one(self) -> bool:
+        """Accept and serve one request; False if accept() timed out or failed."""
+        try:
+            request, client_address = self.server.get_request()
+        except (BlockingIOError, InterruptedError):
+            return False  # SO_RCVTIMEO expired: time to beat and look at the stop flag
+        except OSError as error:
+            self.server._sockherd_backoff().failed(error, self.server.server_address)
+            pause = self.server._sockherd_accept_backoff.paused_for()
+            if pause:
+                select.select([self.wake_read], [], [], pause)
+            return False
+        if isinstance(request, socket.socket):
+            try:
+                request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _NO_TIMEOUT)
+            except OSError:
+                pass
+        if not self.server.verify_request(request, client_address):
+            self.server.shutdown_request(request)
+            return True
+        self.serve(request, client_address)
+        return True
+
+    def drain_backlog(self) -> None:
+        """Serve the connections already queued when the whole server stops."""
+        poller = select.poll()
+        poller.register(self.server.socket.fileno(), select.POLLIN)
+        while poller.poll(0):
+            if not self.accept_one():
+                return
+
+    def dispatched_loop(self) -> None:
+        """dispatch mode: serve each connection the supervisor sends over the channel."""
+        poller = select.poll()
+        poller.register(self.channel.fileno(), select.POLLIN)
+        poller.register(self.wake_read, select.POLLIN)
+        family, kind = self.server.socket.family, self.server.socket.type
+        while not self.should_stop():
+            self.scoreboard.beat(self.index)
+            ready = {fd for fd, _ in poller.poll(self.heartbeat_interval * 1000)}
+            if self.channel.fileno() in ready and not self.serve_dispatched(family, kind):
+                return
+        # Told to stop: a connection already sent to us must still be served.
+        channel_only = select.poll()
+        channel_only.register(self.channel.fileno(), select.POLLIN)
+        while channel_only.poll(0):
+            if not self.serve_dispatched(family, kind):
+                return
+
+    def serve_dispatched(self, family: int, kind: int) -> bool:
+        """Receive one connection from the channel and serve it; False if the channel is done."""
+        try:
+            received = receive_connection(self.channel, family, kind)
+        except OSError as error:
+            return error.errno in (errno.EAGAIN, errno.EINTR)
+        if received is None:
+            return False  # the supervisor closed our channel
+        self.serve(*received)
+        self.tell(IDLE)
+        return True
+
+    def serve(self, request: Any, client_address: Any) -> None:
+        """Run the handler on one request exactly as a synchronous server would."""
+        self.scoreboard.set_state(self.index, WorkerState.BUSY)
+        slot = self.scoreboard.slots[self.index]
+        try:
+            self.server.finish_request(request, client_address)
+        except Exception:
+            slot.errors += 1
+            self.server.handle_error(request, client_address)
+        finally:
+            self.server.shutdown_request(request)
+            slot.requests += 1
+            self.served += 1
+            self.scoreboard.set_state(self.index, WorkerState.IDLE)
+
+
+def set_listener_heartbeat(listener: socket.socket, interval: float) -> bool:
+    """Make blocking accept()/recv() on `listener` return EAGAIN every `interval` seconds."""
+    seconds = int(interval)
+    micros = int((interval - seconds) * 1_000_000)
+    try:
+        listener.setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", seconds, micros)
+        )
+    except OSError:
+        return False
+    return True
