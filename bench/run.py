@@ -2,8 +2,9 @@
 
     python bench/run.py [--requests N] [--concurrency C]
 
-For each mode (sync, threading, forking) and each module (socketserver, sockherd)
-a server runs in its own process; a single-threaded non-blocking client keeps C
+For each mode (sync, threading, forking) and each module (socketserver, sockherd),
+and for sockherd's prefork pool (4 workers, accept and dispatch hand-off), a
+server runs in its own process; a single-threaded non-blocking client keeps C
 connections in flight, each one connect / send a line / read the echo / close,
 until N requests are done.  Also measured in-process: how long `shutdown()` takes
 with the default poll_interval, and how long a finished forked child stays a
@@ -32,6 +33,7 @@ from sockherd.examples.echo import EchoHandler  # noqa: E402
 
 MODULES = {"socketserver": socketserver, "sockherd": sockherd}
 MODES = ("sync", "threading", "forking")
+PREFORK_MODES = ("prefork-accept", "prefork-dispatch")  # 4 workers; sockherd only
 PAYLOAD = b"x" * 64 + b"\n"
 TIME_LIMIT = 60.0  # seconds per measurement, whatever N is
 
@@ -160,23 +162,38 @@ def main() -> None:
         f"# {args.requests} echo requests, {args.concurrency} in flight, "
         f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
     )
-    print(f"{'mode':10} {'module':13} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'mode':17} {'module':13} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     results = {}
     for mode in MODES:
         for module in MODULES:
             figures = measure_throughput(module, mode, args.requests, args.concurrency)
             results[mode, module] = figures
             print(
-                f"{mode:10} {module:13} {figures['rps']:9.0f} "
+                f"{mode:17} {module:13} {figures['rps']:9.0f} "
                 f"{figures['p50_ms']:8.2f} {figures['p99_ms']:8.2f}"
             )
+    for mode in PREFORK_MODES:
+        figures = measure_throughput("sockherd", mode, args.requests, args.concurrency)
+        results[mode, "sockherd"] = figures
+        print(
+            f"{mode:17} {'sockherd':13} {figures['rps']:9.0f} "
+            f"{figures['p50_ms']:8.2f} {figures['p99_ms']:8.2f}"
+        )
     print("\n# ratios sockherd / CPython")
     for mode in MODES:
         ours, theirs = results[mode, "sockherd"], results[mode, "socketserver"]
         print(
-            f"{mode:10} req/s x{ours['rps'] / theirs['rps']:.2f}  "
+            f"{mode:17} req/s x{ours['rps'] / theirs['rps']:.2f}  "
             f"p99 x{ours['p99_ms'] / theirs['p99_ms']:.2f}"
         )
+    for mode in PREFORK_MODES:
+        ours = results[mode, "sockherd"]
+        for baseline in ("forking", "threading"):
+            theirs = results[baseline, "socketserver"]
+            print(
+                f"{mode} vs CPython {baseline}: req/s x{ours['rps'] / theirs['rps']:.2f}  "
+                f"p99 x{ours['p99_ms'] / theirs['p99_ms']:.2f}"
+            )
     print("\n# loop latencies (median)")
     for module in MODULES:
         shutdown = measure_shutdown(module)

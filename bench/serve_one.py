@@ -1,6 +1,9 @@
 """Serve the echo handler with one module's class for the benchmark.
 
-    python bench/serve_one.py socketserver|sockherd sync|threading|forking
+    python bench/serve_one.py MODULE MODE
+
+MODULE is socketserver or sockherd; MODE is sync, threading, forking, or (sockherd
+only) prefork-accept or prefork-dispatch with 4 workers.
 
 Prints the port on stdout once listening; SIGTERM ends it (the default action).
 """
@@ -20,12 +23,17 @@ CLASS_NAMES = {
     "threading": "ThreadingTCPServer",
     "forking": "ForkingTCPServer",
 }
+PREFORK_WORKERS = 4
 
 
 def main(module_name: str, mode: str) -> None:
     module = importlib.import_module(module_name)
-    server_class = getattr(module, CLASS_NAMES[mode])
-    server = server_class(("127.0.0.1", 0), EchoHandler)
+    if mode.startswith("prefork-"):
+        server = module.PreforkTCPServer(
+            ("127.0.0.1", 0), EchoHandler, workers=PREFORK_WORKERS, handoff=mode.split("-")[1]
+        )
+    else:
+        server = getattr(module, CLASS_NAMES[mode])(("127.0.0.1", 0), EchoHandler)
     print(server.server_address[1], flush=True)
     server.serve_forever()
 
