@@ -21,9 +21,30 @@ class Commands(sockherd.StreamRequestHandler):
         elif command == "hang":
             while True:
                 time.sleep(3600)
+        elif command == "orphan":
+            argument = str(self.abandon_a_grandchild(float(argument or 0.3)))
         elif command == "raise":
             raise ValueError("the handler failed on purpose")
         self.wfile.write(f"{os.getpid()} {argument}\n".encode())
+
+    @staticmethod
+    def abandon_a_grandchild(lifetime: float) -> int:
+        """The daemonising double fork: return the pid of a grandchild left to the reaper."""
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:
+            grandchild = os.fork()
+            if grandchild == 0:
+                os.closerange(3, 1024)  # leave the client's connection alone
+                time.sleep(lifetime)
+                os._exit(0)
+            os.write(write_end, str(grandchild).encode())
+            os._exit(0)
+        os.waitpid(child, 0)
+        os.close(write_end)
+        pid = int(os.read(read_end, 20))
+        os.close(read_end)
+        return pid
 
 
 class BrokenSetupServer(sockherd.PreforkTCPServer):

@@ -368,3 +368,15 @@ def test_term_lets_every_accepted_request_finish_then_exits_0(handoff):
     assert all(reply.endswith(f" {i}\n") for i, reply in enumerate(replies)), replies
     assert took < 10
     print(f"\n{handoff}: TERM with 6 requests in flight: all answered, exit 0 in {took:.2f} s")
+
+
+def test_supervisor_adopts_and_reaps_a_grandchild_a_handler_abandoned():
+    """As a Linux subreaper (or PID 1) the supervisor adopts orphans instead of init, and reaps."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("child subreapers are a Linux feature")
+    with supervisor("--workers", "1") as (process, address):
+        grandchild = int(ask(address, "orphan 0.5").split()[1])
+        assert psutil.Process(grandchild).ppid() == process.pid
+        wait_until(lambda: not psutil.pid_exists(grandchild))  # exited and reaped, no zombie
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0

@@ -22,6 +22,10 @@ graceful_timeout     30      seconds a stopping server waits for requests in pro
 min_workers          1       lower bound for TTOU
 max_workers          None    upper bound for TTIN; None means 4 * os.cpu_count()
 heartbeat_interval   0.5     how often an idle worker proves it is alive
+reap_orphans         None    reap children a handler forked and abandoned: as PID 1,
+                             or as a Linux child subreaper.  None: when
+                             serve_forever() runs in the main thread (a dedicated
+                             supervisor process); True/False: always/never
 ==================== ======= ====================================================
 
 Lifecycle: `serve_forever()` starts the workers and supervises them until
@@ -40,7 +44,7 @@ import socket
 from typing import Any
 
 from ..workers.worker_loop import set_listener_heartbeat
-from .signals import SignalRelay
+from .signals import ORPHAN_SIGNALS, SignalRelay
 from .socket_servers import TCPServer, UDPServer
 from .worker_pool import WorkerPool
 
@@ -57,6 +61,7 @@ SETTINGS = (
     "min_workers",
     "max_workers",
     "heartbeat_interval",
+    "reap_orphans",
 )
 HANDOFFS = ("accept", "dispatch")
 
@@ -74,11 +79,13 @@ class PreforkMixIn:
     min_workers = 1
     max_workers: int | None = None
     heartbeat_interval = 0.5
+    reap_orphans: bool | None = None
 
     # sockherd state, created lazily (no mix-in __init__).
     _sockherd_pool: WorkerPool | None = None
     _sockherd_signals: SignalRelay | None = None
     _sockherd_quick_stop = False
+    _sockherd_orphan_duty = False
 
     # --- hooks ------------------------------------------------------------------------
 
@@ -99,7 +106,10 @@ class PreforkMixIn:
             set_listener_heartbeat(self.socket, self.heartbeat_interval)  # type: ignore[attr-defined]
         wakeup = self._sockherd_wakeup_pipe()  # type: ignore[attr-defined]
         relay = self._sockherd_signals = SignalRelay(wakeup.wake if wakeup else lambda: None)
-        relay.install()
+        in_main_thread = relay.install()
+        self._sockherd_orphan_duty = self._sockherd_take_orphan_duty(in_main_thread)
+        if self._sockherd_orphan_duty:
+            relay.install(ORPHAN_SIGNALS)
         self._sockherd_quick_stop = False
         try:
             pool.reconcile()
@@ -123,8 +133,11 @@ class PreforkMixIn:
         if relay is not None:
             for name in relay.pending():
                 getattr(self, "handle_" + name.lower())()
-        if self._sockherd_pool is not None:
-            self._sockherd_pool.tick()
+        pool = self._sockherd_pool
+        if pool is not None:
+            if self._sockherd_orphan_duty:
+                pool.reap_orphans()  # cheap: one waitpid(WNOHANG) when nothing has exited
+            pool.tick()
 
     def handle_request(self) -> None:
         """Not available: a prefork server serves through its pool, in serve_forever()."""
@@ -157,6 +170,9 @@ class PreforkMixIn:
         log.info("SIGQUIT: stopping now")
         self._sockherd_quick_stop = True
         self.shutdown()  # type: ignore[attr-defined]
+
+    def handle_sigchld(self) -> None:
+        """A child exited: reaping happens right after, in service_actions()."""
 
     def handle_sighup(self) -> None:
         """Rolling reload: a new generation of workers replaces the old one."""
@@ -225,6 +241,21 @@ class PreforkMixIn:
     def _sockherd_max_workers(self) -> int:
         return self.max_workers or 4 * (os.cpu_count() or 1)
 
+    def _sockherd_take_orphan_duty(self, in_main_thread: bool) -> bool:
+        """Decide whether this supervisor reaps orphans; become a subreaper if needed."""
+        wanted = in_main_thread if self.reap_orphans is None else self.reap_orphans
+        if not wanted:
+            return False
+        if os.getpid() == 1:
+            return True
+        if become_subreaper():
+            return True
+        log.info(
+            "this platform has no child subreaper (Linux prctl PR_SET_CHILD_SUBREAPER): "
+            "processes that handlers fork and abandon are left to init"
+        )
+        return False
+
     def _sockherd_validate(self) -> None:
         if self.handoff not in HANDOFFS:
             raise ValueError(f"handoff must be one of {HANDOFFS}, not {self.handoff!r}")
@@ -243,6 +274,18 @@ class PreforkMixIn:
         for name, value in settings.items():
             setattr(self, name, value)
         self._sockherd_validate()
+
+
+def become_subreaper() -> bool:
+    """Linux: adopt orphaned descendants (PR_SET_CHILD_SUBREAPER); False where unsupported."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_child_subreaper = 36
+        return bool(libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
 
 
 class PreforkTCPServer(PreforkMixIn, TCPServer):

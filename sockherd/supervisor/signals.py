@@ -18,6 +18,7 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 SUPERVISOR_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGUSR1")
+ORPHAN_SIGNALS = ("SIGCHLD",)  # only when the supervisor reaps orphans
 
 
 class SignalRelay:
@@ -28,11 +29,11 @@ class SignalRelay:
         self._pending: collections.deque[str] = collections.deque()
         self._previous: dict[int, object] = {}
 
-    def install(self) -> bool:
-        """Install the handlers; False (and nothing changed) outside the main thread."""
+    def install(self, names: tuple[str, ...] = SUPERVISOR_SIGNALS) -> bool:
+        """Install handlers for `names`; False (and nothing changed) outside the main thread."""
         if threading.current_thread() is not threading.main_thread():
             return False
-        for name in SUPERVISOR_SIGNALS:
+        for name in names:
             signum = getattr(signal, name, None)
             if signum is not None:
                 self._previous[signum] = signal.signal(signum, self._record)

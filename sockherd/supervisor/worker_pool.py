@@ -82,6 +82,7 @@ class WorkerPool:
         self.boot_failures = 0
         self.next_spawn_at = 0.0
         self.stopping = False
+        self.orphans_reaped = 0
 
     # --- spawning ------------------------------------------------------------------
 
@@ -232,6 +233,30 @@ class WorkerPool:
                 reason,
                 state.name,
             )
+
+    def reap_orphans(self) -> None:
+        """PID 1 or subreaper duty: reap every exited child, workers included.
+
+        A worker reaped here hands its status to multiprocess's Popen, so
+        `Process.exitcode` and the pool agree; anything else is an orphan that
+        a handler forked and abandoned, and is only counted.
+        """
+        by_pid = {h.process.pid: h for h in self.workers.values()}
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            handle = by_pid.get(pid)
+            if handle is None:
+                self.orphans_reaped += 1
+                log.debug("reaped orphan pid %d (%s)", pid, describe_wait_status(status))
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            handle.process._popen.returncode = code  # the status is ours now: tell multiprocess
+            self.forget(handle, code)
 
     # --- the reconciliation steps, run after every loop wake-up ---------------------
 
