@@ -2,6 +2,8 @@
 
     sockherd serve MODULE:HANDLER [--bind ADDRESS] [--udp]
                    [--mode sync|threading|forking|prefork] [--workers N] [--handoff accept|dispatch]
+                   [--control PATH]
+    sockherd ctl --control PATH status | scale N | reload | stop
 
 ADDRESS is `HOST:PORT`, `[IPV6]:PORT` or `unix:/path`.  The server runs in the
 foreground; SIGTERM or SIGINT stop it cleanly (the listening socket is closed
@@ -13,10 +15,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import signal
 import socket
 import sys
 from typing import Any
+
+from .supervisor.control import ControlError, send_command
 
 MODES = ("sync", "threading", "forking", "prefork")
 
@@ -108,6 +113,10 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--graceful-timeout", type=float, default=30.0, help="prefork: seconds to finish requests"
     )
+    serve.add_argument("--control", help="prefork: path of a Unix control socket (mode 0600)")
+    ctl = commands.add_parser("ctl", help="send a command to a running prefork supervisor")
+    ctl.add_argument("--control", required=True, help="the supervisor's control socket path")
+    ctl.add_argument("words", nargs="+", help="status | scale N | reload | stop")
     return parser
 
 
@@ -142,18 +151,32 @@ def serve(handler_path: str, bind: str, mode: str, udp: bool, settings: dict[str
     return 0
 
 
+def control_client(path: str, command: str) -> int:
+    """`sockherd ctl`: print the supervisor's JSON reply; 0 if it says ok, 1 otherwise."""
+    try:
+        reply = send_command(path, command)
+    except OSError as error:
+        print(f"sockherd: cannot reach the supervisor at {path}: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(reply, indent=2))
+    return 0 if reply.get("ok") else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sockherd` console script."""
     args = _build_parser().parse_args(argv)
+    if args.command == "ctl":
+        return control_client(args.control, " ".join(args.words))
     try:
         settings = {
             "workers": args.workers,
             "handoff": args.handoff,
             "max_requests": args.max_requests,
             "graceful_timeout": args.graceful_timeout,
+            "control_socket": args.control,
         }
         return serve(args.handler, args.bind, args.mode, args.udp, settings)
-    except UsageError as error:
+    except (UsageError, ControlError) as error:
         print(f"sockherd: {error}", file=sys.stderr)
         return 2
     except OSError as error:

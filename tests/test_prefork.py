@@ -380,3 +380,99 @@ def test_supervisor_adopts_and_reaps_a_grandchild_a_handler_abandoned():
         wait_until(lambda: not psutil.pid_exists(grandchild))  # exited and reaped, no zombie
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
+
+
+# --- the control socket ---------------------------------------------------------------
+
+
+@pytest.fixture
+def control_path():
+    path = f"/tmp/sockherd-control-{os.getpid()}.sock"
+    yield path
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def test_control_socket_status_scale_reload_and_stop(control_path):
+    from sockherd.supervisor.control import send_command
+
+    with supervisor("--workers", "2", "--control", control_path) as (process, address):
+        wait_until(lambda: os.path.exists(control_path))
+        assert oct(os.stat(control_path).st_mode & 0o777) == "0o600"
+        wait_until(lambda: len(send_command(control_path, "status")["workers"]) == 2)
+        ask(address, "echo counted")
+        status = send_command(control_path, "status")
+        assert status["ok"] and status["desired"] == 2 and status["requests_total"] >= 1
+        assert send_command(control_path, "scale 3") == {"ok": True, "desired": 3}
+        wait_until(lambda: len(worker_pids(process)) == 3)
+        assert send_command(control_path, "scale -2") == {"ok": True, "desired": 1}
+        wait_until(lambda: len(worker_pids(process)) == 1)
+        old = worker_pids(process)
+        assert send_command(control_path, "reload") == {"ok": True, "generation": 1}
+        wait_until(lambda: worker_pids(process) and not (worker_pids(process) & old))
+        cli = subprocess.run(
+            [sys.executable, "-m", "sockherd", "ctl", "--control", control_path, "stop"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert cli.returncode == 0 and '"ok": true' in cli.stdout
+        assert process.wait(30) == 0
+    assert not os.path.exists(control_path)
+
+
+def test_control_socket_explains_a_bad_command(control_path):
+    from sockherd.supervisor.control import send_command
+
+    with supervisor("--workers", "1", "--control", control_path) as (process, _address):
+        wait_until(lambda: os.path.exists(control_path))
+        reply = send_command(control_path, "restart-everything")
+        assert reply["ok"] is False and "commands: status, scale N, reload, stop" in reply["error"]
+        reply = send_command(control_path, "scale lots")
+        assert reply["ok"] is False and "scale needs a number" in reply["error"]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+
+
+def test_a_silent_control_client_does_not_stall_the_supervisor(control_path):
+    from sockherd.supervisor.control import send_command
+
+    with supervisor("--workers", "1", "--control", control_path) as (process, address):
+        wait_until(lambda: os.path.exists(control_path))
+        with socket.socket(socket.AF_UNIX) as silent:
+            silent.connect(control_path)  # connects, never sends a command
+            assert send_command(control_path, "status", timeout=5)["ok"]
+            assert ask(address, "echo served").endswith("served\n")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+
+
+def test_control_socket_in_use_is_refused_with_a_clear_message(control_path):
+    with supervisor("--workers", "1", "--control", control_path) as (process, _address):
+        wait_until(lambda: os.path.exists(control_path))
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sockherd",
+                "serve",
+                "sockherd.examples.echo:EchoHandler",
+                "--bind",
+                "127.0.0.1:0",
+                "--mode",
+                "prefork",
+                "--workers",
+                "1",
+                "--control",
+                control_path,
+            ],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode == 2
+        assert "in use by another supervisor" in second.stderr
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0

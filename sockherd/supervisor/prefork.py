@@ -22,6 +22,8 @@ graceful_timeout     30      seconds a stopping server waits for requests in pro
 min_workers          1       lower bound for TTOU
 max_workers          None    upper bound for TTIN; None means 4 * os.cpu_count()
 heartbeat_interval   0.5     how often an idle worker proves it is alive
+control_socket       None    path of a Unix control socket (mode 0600) answering
+                             status, scale N, reload, stop (see `control`)
 reap_orphans         None    reap children a handler forked and abandoned: as PID 1,
                              or as a Linux child subreaper.  None: when
                              serve_forever() runs in the main thread (a dedicated
@@ -44,6 +46,7 @@ import socket
 from typing import Any
 
 from ..workers.worker_loop import set_listener_heartbeat
+from .control import ControlSocket
 from .signals import ORPHAN_SIGNALS, SignalRelay
 from .socket_servers import TCPServer, UDPServer
 from .worker_pool import WorkerPool
@@ -62,6 +65,7 @@ SETTINGS = (
     "max_workers",
     "heartbeat_interval",
     "reap_orphans",
+    "control_socket",
 )
 HANDOFFS = ("accept", "dispatch")
 
@@ -80,12 +84,14 @@ class PreforkMixIn:
     max_workers: int | None = None
     heartbeat_interval = 0.5
     reap_orphans: bool | None = None
+    control_socket: str | None = None
 
     # sockherd state, created lazily (no mix-in __init__).
     _sockherd_pool: WorkerPool | None = None
     _sockherd_signals: SignalRelay | None = None
     _sockherd_quick_stop = False
     _sockherd_orphan_duty = False
+    _sockherd_control: ControlSocket | None = None
 
     # --- hooks ------------------------------------------------------------------------
 
@@ -112,9 +118,19 @@ class PreforkMixIn:
             relay.install(ORPHAN_SIGNALS)
         self._sockherd_quick_stop = False
         try:
+            if self.control_socket:
+                self._sockherd_control = ControlSocket(
+                    self.control_socket,
+                    self._sockherd_control_command,
+                    self._sockherd_add_wake_source,  # type: ignore[attr-defined]
+                    self._sockherd_remove_wake_source,  # type: ignore[attr-defined]
+                )
             pool.reconcile()
             super().serve_forever(poll_interval)  # type: ignore[misc]
         finally:
+            if self._sockherd_control is not None:
+                self._sockherd_control.close()
+                self._sockherd_control = None
             relay.restore()
             self._sockherd_signals = None
             if pool.workers:
@@ -138,6 +154,8 @@ class PreforkMixIn:
             if self._sockherd_orphan_duty:
                 pool.reap_orphans()  # cheap: one waitpid(WNOHANG) when nothing has exited
             pool.tick()
+        if self._sockherd_control is not None:
+            self._sockherd_control.expire_slow_clients()
 
     def handle_request(self) -> None:
         """Not available: a prefork server serves through its pool, in serve_forever()."""
@@ -200,6 +218,48 @@ class PreforkMixIn:
                 finally:
                     handler.release()
 
+    # --- the control socket ------------------------------------------------------------
+
+    def _sockherd_control_command(self, line: str) -> dict[str, Any]:
+        """Carry out one control-socket command (see `control`) and describe the result."""
+        pool = self._sockherd_pool
+        if pool is None:
+            return {"ok": False, "error": "the supervisor is not running"}
+        command, _, argument = line.partition(" ")
+        argument = argument.strip()
+        if command == "status":
+            return {
+                "ok": True,
+                "desired": pool.desired,
+                "generation": pool.generation,
+                "workers": self.worker_stats(),
+                "requests_total": pool.scoreboard.total_requests(),
+                "restarts": dict(pool.restarts),
+                "exits": dict(pool.exit_counts),
+                "orphans_reaped": pool.orphans_reaped,
+            }
+        if command == "scale":
+            try:
+                number = int(argument)
+            except ValueError:
+                return {
+                    "ok": False,
+                    "error": f"scale needs a number (N, +N or -N), not {argument!r}",
+                }
+            relative = argument[:1] in "+-"
+            desired = pool.scale_by(number) if relative else pool.scale_to(number)
+            return {"ok": True, "desired": desired}
+        if command == "reload":
+            pool.reload()
+            return {"ok": True, "generation": pool.generation}
+        if command == "stop":
+            self.shutdown()  # type: ignore[attr-defined]
+            return {"ok": True}
+        return {
+            "ok": False,
+            "error": f"unknown command {command!r}; commands: status, scale N, reload, stop",
+        }
+
     # --- introspection ---------------------------------------------------------------
 
     def worker_stats(self) -> list[dict[str, Any]]:
@@ -240,6 +300,11 @@ class PreforkMixIn:
 
     def _sockherd_max_workers(self) -> int:
         return self.max_workers or 4 * (os.cpu_count() or 1)
+
+    def _sockherd_close_supervisor_fds(self) -> None:
+        super()._sockherd_close_supervisor_fds()  # type: ignore[misc]
+        if self._sockherd_control is not None:
+            self._sockherd_control.close_in_worker()
 
     def _sockherd_take_orphan_duty(self, in_main_thread: bool) -> bool:
         """Decide whether this supervisor reaps orphans; become a subreaper if needed."""

@@ -329,11 +329,16 @@ class WorkerPool:
 
     # --- operator commands -----------------------------------------------------------
 
-    def scale_by(self, delta: int) -> None:
-        """TTIN/TTOU: one worker more or less, within min_workers..max_workers."""
+    def scale_to(self, count: int) -> int:
+        """Set the desired worker count, bounded by min_workers..max_workers; return it."""
         minimum = max(1, self.server.min_workers or 1)
-        self.desired = min(max(self.desired + delta, minimum), self.max_workers)
+        self.desired = min(max(count, minimum), self.max_workers)
         log.info("desired workers: %d", self.desired)
+        return self.desired
+
+    def scale_by(self, delta: int) -> int:
+        """TTIN/TTOU: one worker more or less, within min_workers..max_workers."""
+        return self.scale_to(self.desired + delta)
 
     def reload(self) -> None:
         """HUP: start a new generation; old workers drain as new ones report ready."""

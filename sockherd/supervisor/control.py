@@ -1,0 +1,194 @@
+"""The supervisor's control socket: a Unix socket for `sockherd ctl` and operators' scripts.
+
+Protocol: the client connects, sends one command line, and reads one JSON
+object followed by a newline; then the supervisor closes the connection.
+
+    status        {"ok": true, "desired": 4, "generation": 0, "workers": [...], ...}
+    scale N       set the desired worker count (N, +N or -N; bounded by min/max_workers)
+    reload        rolling reload, as SIGHUP
+    stop          graceful stop, as SIGTERM
+
+Errors come back as {"ok": false, "error": "..."}.  Security: the socket is
+created with mode 0600 and, where the kernel reports peer credentials
+(Linux SO_PEERCRED), only the supervisor's own user and root are served.  The
+loop never blocks on a client: connections are non-blocking, a command line is
+capped at `MAX_LINE` bytes, and a client that has not sent its line within
+`CLIENT_DEADLINE` seconds is dropped.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import os
+import socket
+import stat
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 1024
+CLIENT_DEADLINE = 5.0
+
+
+class ControlError(Exception):
+    """The control socket cannot be set up; the message says why and what to do."""
+
+
+def _peer_uid(connection: socket.socket) -> int | None:
+    """The connecting process's uid, or None where the platform cannot tell."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    credentials = connection.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+    )
+    _pid, uid, _gid = struct.unpack("3i", credentials)
+    return uid
+
+
+class ControlSocket:
+    """The listening control socket and its clients, driven by the serve loop's wake sources."""
+
+    def __init__(
+        self,
+        path: str,
+        execute: Callable[[str], dict[str, Any]],
+        add_source: Callable[[int, Callable[[], None]], None],
+        remove_source: Callable[[int], None],
+    ) -> None:
+        self.path = path
+        self._execute = execute
+        self._add_source = add_source
+        self._remove_source = remove_source
+        self._clients: dict[int, tuple[socket.socket, bytearray, float]] = {}
+        self._listener = self._bind(path)
+        self._listener.setblocking(False)
+        if not hasattr(socket, "SO_PEERCRED"):
+            log.info("no SO_PEERCRED here: the control socket relies on its 0600 mode alone")
+        add_source(self._listener.fileno(), self._accept)
+
+    @staticmethod
+    def _bind(path: str) -> socket.socket:
+        if os.path.exists(path):
+            if not stat.S_ISSOCK(os.stat(path).st_mode):
+                raise ControlError(f"control socket path {path!r} exists and is not a socket")
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)  # stale: nobody listens there
+            else:
+                raise ControlError(
+                    f"control socket {path!r} is in use by another supervisor; stop it or "
+                    "choose another path"
+                )
+            finally:
+                probe.close()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # the socket file is born 0600
+        try:
+            listener.bind(path)
+        except OSError as error:
+            listener.close()
+            raise ControlError(f"cannot create control socket {path!r}: {error.strerror}")
+        finally:
+            os.umask(old_umask)
+        listener.listen(16)
+        return listener
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                log.warning("control socket accept failed: %s", error)
+                return
+            uid = _peer_uid(connection)
+            if uid is not None and uid not in (0, os.geteuid()):
+                log.warning("control socket: refused a client running as uid %d", uid)
+                self._reply(connection, {"ok": False, "error": "permission denied"})
+                connection.close()
+                continue
+            connection.setblocking(False)
+            fd = connection.fileno()
+            self._clients[fd] = (connection, bytearray(), time.monotonic())
+            self._add_source(fd, functools.partial(self._read, fd))
+
+    def _read(self, fd: int) -> None:
+        connection, buffer, _since = self._clients[fd]
+        try:
+            chunk = connection.recv(MAX_LINE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        buffer += chunk
+        if b"\n" in buffer or not chunk or len(buffer) >= MAX_LINE:
+            line = bytes(buffer).split(b"\n", 1)[0].decode(errors="replace").strip()
+            if len(buffer) >= MAX_LINE and b"\n" not in buffer:
+                reply = {"ok": False, "error": f"command longer than {MAX_LINE} bytes"}
+            elif not line:
+                reply = {"ok": False, "error": "empty command"}
+            else:
+                reply = self._execute(line)
+            self._reply(connection, reply)
+            self._drop(fd)
+
+    @staticmethod
+    def _reply(connection: socket.socket, reply: dict[str, Any]) -> None:
+        try:
+            connection.send(json.dumps(reply).encode() + b"\n")
+        except OSError as error:
+            if error.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EAGAIN):
+                log.warning("control socket: could not reply: %s", error)
+
+    def _drop(self, fd: int) -> None:
+        connection, _buffer, _since = self._clients.pop(fd)
+        self._remove_source(fd)
+        connection.close()
+
+    def expire_slow_clients(self) -> None:
+        """Drop clients that have not sent a whole command within CLIENT_DEADLINE."""
+        now = time.monotonic()
+        for fd, (_connection, _buffer, since) in list(self._clients.items()):
+            if now - since > CLIENT_DEADLINE:
+                self._drop(fd)
+
+    def close_in_worker(self) -> None:
+        """In a forked worker: close the inherited sockets, leave the socket file alone."""
+        for connection, _buffer, _since in self._clients.values():
+            connection.close()
+        self._listener.close()
+
+    def close(self) -> None:
+        """Close every connection and the listener, and remove the socket file."""
+        for fd in list(self._clients):
+            self._drop(fd)
+        self._remove_source(self._listener.fileno())
+        self._listener.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def send_command(path: str, command: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Client side: send one command to the supervisor at `path` and return its JSON reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(timeout)
+        client.connect(path)
+        client.sendall(command.encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = client.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data)  # type: ignore[no-any-return]
