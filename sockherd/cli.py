@@ -5,9 +5,10 @@
                    [--control PATH]
     sockherd ctl --control PATH status | scale N | reload | stop
 
-ADDRESS is `HOST:PORT`, `[IPV6]:PORT` or `unix:/path`.  The server runs in the
-foreground; SIGTERM or SIGINT stop it cleanly (the listening socket is closed
-and children are reaped).  Once it listens it prints one line to stderr:
+ADDRESS is `HOST:PORT`, `[IPV6]:PORT`, `unix:/path`, or an inherited listening
+socket: `fd:N`, or `systemd` for the first socket of systemd's socket activation
+(LISTEN_FDS).  The server runs in the foreground; SIGTERM or SIGINT stop it
+cleanly (the listening socket is closed and children are reaped).  Once it listens it prints one line to stderr:
 `sockherd: serving MODULE:HANDLER on ADDRESS (MODE)`.
 """
 
@@ -22,6 +23,7 @@ import sys
 from typing import Any
 
 from .supervisor.control import ControlError, send_command
+from .supervisor.listen_fds import ListenFdsError, adopt_socket, inherited_socket, systemd_sockets
 
 MODES = ("sync", "threading", "forking", "prefork")
 
@@ -31,7 +33,20 @@ class UsageError(Exception):
 
 
 def parse_address(text: str) -> tuple[int, Any]:
-    """Turn `HOST:PORT`, `[V6]:PORT` or `unix:/path` into (address family, address)."""
+    """Turn `HOST:PORT`, `[V6]:PORT` or `unix:/path` into (address family, address).
+
+    `fd:N` and `systemd` name an inherited socket: the family is then -1 and the
+    address the socket itself.
+    """
+    if text == "systemd":
+        sockets = systemd_sockets()
+        if not sockets:
+            raise UsageError("--bind systemd: no socket was passed (LISTEN_FDS/LISTEN_PID unset)")
+        return -1, sockets[0]
+    if text.startswith("fd:"):
+        if not text[3:].isdigit():
+            raise UsageError(f"--bind {text!r}: fd: needs a file descriptor number, e.g. fd:3")
+        return -1, inherited_socket(int(text[3:]))
     if text.startswith("unix:"):
         path = text[len("unix:") :]
         if not path:
@@ -104,7 +119,9 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a socketserver request handler")
     serve.add_argument("handler", help="MODULE:CLASS of a socketserver request handler")
-    serve.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT or unix:/path")
+    serve.add_argument(
+        "--bind", default="127.0.0.1:8000", help="HOST:PORT, unix:/path, fd:N or systemd"
+    )
     serve.add_argument("--mode", choices=MODES, default="forking")
     serve.add_argument("--udp", action="store_true", help="serve datagrams instead of streams")
     serve.add_argument("--workers", type=int, help="prefork: worker processes (default: CPUs)")
@@ -129,11 +146,17 @@ def serve(handler_path: str, bind: str, mode: str, udp: bool, settings: dict[str
     handler = load_handler(handler_path)
     if settings.get("workers") is not None and settings["workers"] < 1:
         raise UsageError("--workers must be at least 1")
+    inherited = address if family == -1 else None
+    if inherited is not None:
+        family, udp = inherited.family, inherited.type == socket.SOCK_DGRAM
+        address = inherited.getsockname()
     cls = server_class(mode, family, udp)
+    options: dict[str, Any] = {"bind_and_activate": inherited is None}
     if mode == "prefork":
-        server = cls(address, handler, **{k: v for k, v in settings.items() if v is not None})
-    else:
-        server = cls(address, handler)
+        options.update({k: v for k, v in settings.items() if v is not None})
+    server = cls(address, handler, **options)
+    if inherited is not None:
+        adopt_socket(server, inherited)
     with server:
         if mode != "prefork":  # the prefork supervisor handles its own signals
 
@@ -176,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             "control_socket": args.control,
         }
         return serve(args.handler, args.bind, args.mode, args.udp, settings)
-    except (UsageError, ControlError) as error:
+    except (UsageError, ControlError, ListenFdsError) as error:
         print(f"sockherd: {error}", file=sys.stderr)
         return 2
     except OSError as error:

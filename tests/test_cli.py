@@ -126,3 +126,79 @@ def test_port_in_use_exits_1_naming_the_port():
     assert result.returncode == 1
     assert f"127.0.0.1 port {port}" in result.stderr and "already in use" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def inherited_listener():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    return listener
+
+
+@pytest.mark.parametrize("mode", ["sync", "prefork"])
+def test_serve_on_an_inherited_fd(mode):
+    with inherited_listener() as listener:
+        fd = listener.fileno()
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sockherd",
+                "serve",
+                ECHO,
+                "--bind",
+                f"fd:{fd}",
+                "--mode",
+                mode,
+                "--workers",
+                "1",
+            ],
+            cwd=PROJECT_ROOT,
+            pass_fds=(fd,),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            line = process.stderr.readline()
+            assert address_of(line) == listener.getsockname()
+            assert tcp_request(listener.getsockname(), b"inherited\n") == b"inherited\n"
+        finally:
+            status, _ = stop(process)
+        assert status == 0
+
+
+def test_serve_on_a_systemd_activated_socket():
+    """LISTEN_PID/LISTEN_FDS as systemd sets them: the socket arrives as fd 3."""
+    with inherited_listener() as listener:
+        fd = listener.fileno()
+        launcher = (  # what systemd does between fork and exec
+            "import os, sys; os.dup2(int(sys.argv[1]), 3); "
+            "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1'); "
+            "os.execv(sys.executable, [sys.executable, '-m', 'sockherd', 'serve', sys.argv[2], "
+            "'--bind', 'systemd', '--mode', 'prefork', '--workers', '1'])"
+        )
+        process = subprocess.Popen(
+            [sys.executable, "-c", launcher, str(fd), ECHO],
+            cwd=PROJECT_ROOT,
+            pass_fds=(fd,),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            line = process.stderr.readline()
+            assert address_of(line) == listener.getsockname()
+            assert tcp_request(listener.getsockname(), b"activated\n") == b"activated\n"
+        finally:
+            status, _ = stop(process)
+        assert status == 0
+
+
+def test_systemd_bind_without_activation_says_so():
+    result = subprocess.run(
+        [sys.executable, "-m", "sockherd", "serve", ECHO, "--bind", "systemd"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2 and "no socket was passed" in result.stderr
