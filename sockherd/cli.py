@@ -8,7 +8,8 @@
 ADDRESS is `HOST:PORT`, `[IPV6]:PORT`, `unix:/path`, or an inherited listening
 socket: `fd:N`, or `systemd` for the first socket of systemd's socket activation
 (LISTEN_FDS).  The server runs in the foreground; SIGTERM or SIGINT stop it
-cleanly (the listening socket is closed and children are reaped).  Once it listens it prints one line to stderr:
+cleanly (the listening socket is closed and children are reaped).  Once it
+listens it prints one line to stderr:
 `sockherd: serving MODULE:HANDLER on ADDRESS (MODE)`.
 """
 
