@@ -22,6 +22,12 @@ graceful_timeout     30      seconds a stopping server waits for requests in pro
 min_workers          1       lower bound for TTOU
 max_workers          None    upper bound for TTIN; None means 4 * os.cpu_count()
 heartbeat_interval   0.5     how often an idle worker proves it is alive
+autoscale            False   adjust the worker count between min_workers and
+                             max_workers on saturation (see `autoscaler`)
+min_spare_workers    1       autoscale: add workers when fewer are idle
+max_spare_workers    4       autoscale: remove one when more stay idle a cool-down
+autoscale_interval   1       autoscale: seconds between scale-up steps (1, 2, 4, ...)
+autoscale_cooldown   10      autoscale: seconds of surplus before each scale-down step
 control_socket       None    path of a Unix control socket (mode 0600) answering
                              status, scale N, reload, stop (see `control`)
 reap_orphans         None    reap children a handler forked and abandoned: as PID 1,
@@ -66,6 +72,11 @@ SETTINGS = (
     "heartbeat_interval",
     "reap_orphans",
     "control_socket",
+    "autoscale",
+    "min_spare_workers",
+    "max_spare_workers",
+    "autoscale_interval",
+    "autoscale_cooldown",
 )
 HANDOFFS = ("accept", "dispatch")
 
@@ -85,6 +96,11 @@ class PreforkMixIn:
     heartbeat_interval = 0.5
     reap_orphans: bool | None = None
     control_socket: str | None = None
+    autoscale = False
+    min_spare_workers = 1
+    max_spare_workers = 4
+    autoscale_interval = 1.0
+    autoscale_cooldown = 10.0
 
     # sockherd state, created lazily (no mix-in __init__).
     _sockherd_pool: WorkerPool | None = None
@@ -200,12 +216,12 @@ class PreforkMixIn:
     def handle_sigttin(self) -> None:
         """One worker more (up to max_workers)."""
         if self._sockherd_pool is not None:
-            self._sockherd_pool.scale_by(+1)
+            log.info("SIGTTIN: %d workers wanted", self._sockherd_pool.scale_by(+1))
 
     def handle_sigttou(self) -> None:
         """One worker less (down to min_workers)."""
         if self._sockherd_pool is not None:
-            self._sockherd_pool.scale_by(-1)
+            log.info("SIGTTOU: %d workers wanted", self._sockherd_pool.scale_by(-1))
 
     def handle_sigusr1(self) -> None:
         """Reopen the log files of logging's FileHandlers (after log rotation)."""

@@ -37,6 +37,7 @@ from ..workers.fd_passing import send_connection
 from ..workers.lifecycle import WorkerState
 from ..workers.scoreboard import Scoreboard
 from ..workers.worker_loop import BOOT_FAILURE_EXIT, IDLE, READY, Worker
+from .autoscaler import Autoscaler, queued_connections
 from .child_exits import describe_wait_status
 from .child_watch import pidfd_supported
 
@@ -83,6 +84,16 @@ class WorkerPool:
         self.next_spawn_at = 0.0
         self.stopping = False
         self.orphans_reaped = 0
+        self.autoscaler = (
+            Autoscaler(
+                server.min_spare_workers,
+                server.max_spare_workers,
+                server.autoscale_interval,
+                server.autoscale_cooldown,
+            )
+            if server.autoscale
+            else None
+        )
 
     # --- spawning ------------------------------------------------------------------
 
@@ -261,10 +272,34 @@ class WorkerPool:
     # --- the reconciliation steps, run after every loop wake-up ---------------------
 
     def tick(self) -> None:
-        """Enforce timeouts, then bring the pool to its desired shape."""
+        """Enforce timeouts, autoscale if asked to, then bring the pool to its desired shape."""
         self.enforce_timeouts()
-        if not self.stopping:
-            self.reconcile()
+        if self.stopping:
+            return
+        if self.autoscaler is not None:
+            self.autoscale()
+        self.reconcile()
+
+    def autoscale(self) -> None:
+        """Let the autoscaler adjust `desired` from idle workers and the listen backlog."""
+        assert self.autoscaler is not None
+        idle = sum(
+            1
+            for handle in self.current()
+            if handle.ready and self.scoreboard.state(handle.index) == WorkerState.IDLE
+        )
+        queued = queued_connections(self.server.socket)
+        delta = self.autoscaler.decide(time.monotonic(), idle, queued)
+        if delta:
+            before = self.desired
+            if self.scale_by(delta) != before:
+                log.info(
+                    "autoscale: %d idle, %d queued: %d -> %d workers",
+                    idle,
+                    queued,
+                    before,
+                    self.desired,
+                )
 
     def enforce_timeouts(self) -> None:
         """SIGABRT a worker whose heartbeat is too old; SIGKILL its group after kill_grace."""
@@ -333,7 +368,7 @@ class WorkerPool:
         """Set the desired worker count, bounded by min_workers..max_workers; return it."""
         minimum = max(1, self.server.min_workers or 1)
         self.desired = min(max(count, minimum), self.max_workers)
-        log.info("desired workers: %d", self.desired)
+        log.debug("desired workers: %d", self.desired)
         return self.desired
 
     def scale_by(self, delta: int) -> int:
