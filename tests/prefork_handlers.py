@@ -7,10 +7,13 @@ import time
 
 import sockherd
 
+HOARD: list[bytearray] = []
+
 
 class Commands(sockherd.StreamRequestHandler):
     """Reads one line: `echo X` answers "PID X"; `sleep S X` does so after S seconds;
-    `hang` never answers; `raise` fails the handler."""
+    `hang` never answers; `raise` fails the handler; `hoard MB` keeps MB mebibytes;
+    `orphan S` abandons a grandchild that lives S seconds and answers its pid."""
 
     def handle(self):
         line = self.rfile.readline().decode().strip()
@@ -21,6 +24,8 @@ class Commands(sockherd.StreamRequestHandler):
         elif command == "hang":
             while True:
                 time.sleep(3600)
+        elif command == "hoard":
+            HOARD.append(bytearray(int(argument) * 1024 * 1024))  # kept: the worker grows
         elif command == "orphan":
             argument = str(self.abandon_a_grandchild(float(argument or 0.3)))
         elif command == "raise":

@@ -225,6 +225,18 @@ def test_max_requests_recycles_workers_without_losing_requests():
         wait_until(lambda: server._sockherd_pool.restarts["recycled"] >= 3)
 
 
+def test_a_worker_over_max_worker_memory_is_recycled_after_its_request():
+    server = sockherd.PreforkTCPServer(
+        ("127.0.0.1", 0), Commands, workers=1, max_worker_memory=200 * 1024 * 1024
+    )
+    with serving(server):
+        first = int(ask(server.server_address, "hoard 50").split()[0])
+        assert int(ask(server.server_address, "echo small").split()[0]) == first
+        assert int(ask(server.server_address, "hoard 250").split()[0]) == first  # answered
+        wait_until(lambda: server._sockherd_pool.restarts["recycled"] == 1)
+        assert int(ask(server.server_address, "echo fresh").split()[0]) != first
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("handoff", HANDOFFS)
 def test_fairness_with_64_concurrent_clients(handoff):

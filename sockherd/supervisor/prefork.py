@@ -15,6 +15,8 @@ handoff              accept  "accept" (workers block in accept) or "dispatch"
                              to the least recently used idle worker)
 max_requests         0       recycle a worker after this many requests (0: never)
 max_requests_jitter  0       plus a random 0..jitter, so workers do not recycle together
+max_worker_memory    None    recycle a worker whose resident memory exceeds this many
+                             bytes after a request
 worker_timeout       30      seconds a request (or a stuck worker) may take before
                              SIGABRT (traceback in the log) and, kill_grace later, SIGKILL
 kill_grace           2       seconds between SIGABRT and SIGKILL
@@ -64,6 +66,7 @@ SETTINGS = (
     "handoff",
     "max_requests",
     "max_requests_jitter",
+    "max_worker_memory",
     "worker_timeout",
     "kill_grace",
     "graceful_timeout",
@@ -88,6 +91,7 @@ class PreforkMixIn:
     handoff = "accept"
     max_requests = 0
     max_requests_jitter = 0
+    max_worker_memory: int | None = None
     worker_timeout: float | None = 30.0
     kill_grace = 2.0
     graceful_timeout = 30.0

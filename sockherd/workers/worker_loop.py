@@ -73,6 +73,8 @@ class Worker:
             limit += random.randint(0, server.max_requests_jitter or 0)
         self.request_limit = limit
         self.served = 0
+        self.memory_limit = server.max_worker_memory or 0
+        self.over_memory_limit = False
         self.wake_read, self.wake_write = os.pipe()
         os.set_blocking(self.wake_write, False)
 
@@ -129,6 +131,8 @@ class Worker:
     def should_stop(self) -> bool:
         """Stop when told to, when recycled, or when the supervisor has died."""
         if self.request_limit and self.served >= self.request_limit:
+            return True
+        if self.memory_limit and self.over_memory_limit:
             return True
         if os.getppid() != self.parent_pid:
             return True
@@ -217,7 +221,24 @@ class Worker:
             self.server.shutdown_request(request)
             slot.requests += 1
             self.served += 1
+            if self.memory_limit and resident_memory() > self.memory_limit:
+                self.over_memory_limit = True  # recycle: finish here, a fresh worker follows
             self.scoreboard.set_state(self.index, WorkerState.IDLE)
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def resident_memory() -> int:
+    """This process's resident set size in bytes (Linux /proc); elsewhere its peak RSS."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except OSError:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
 
 
 def set_listener_heartbeat(listener: socket.socket, interval: float) -> bool:
