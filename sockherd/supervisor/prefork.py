@@ -17,13 +17,16 @@ max_requests         0       recycle a worker after this many requests (0: never
 max_requests_jitter  0       plus a random 0..jitter, so workers do not recycle together
 max_worker_memory    None    recycle a worker whose resident memory exceeds this many
                              bytes after a request
-worker_timeout       30      seconds a request (or a stuck worker) may take before
+worker_timeout       30      seconds one request (or a worker's boot) may take before
                              SIGABRT (traceback in the log) and, kill_grace later, SIGKILL
 kill_grace           2       seconds between SIGABRT and SIGKILL
 graceful_timeout     30      seconds a stopping server waits for requests in progress
 min_workers          1       lower bound for TTOU
 max_workers          None    upper bound for TTIN; None means 4 * os.cpu_count()
-heartbeat_interval   0.5     how often an idle worker proves it is alive
+heartbeat_interval   0.5     how often an idle worker wakes to beat and check for a stop
+                             request (accept mode uses SO_RCVTIMEO on the listener; where
+                             accept() ignores it, idle workers see a stop only when a
+                             connection arrives or graceful_timeout expires)
 autoscale            False   adjust the worker count between min_workers and
                              max_workers on saturation (see `autoscaler`)
 min_spare_workers    1       autoscale: add workers when fewer are idle

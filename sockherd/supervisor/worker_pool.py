@@ -8,9 +8,9 @@ wake sources to that loop: an fd that turns readable when the worker exits
 `r` (ready) and `i` (idle again, dispatch mode).  After every wake-up the loop
 calls `tick()`, which runs three reconciliation steps:
 
-* `enforce_timeouts()`: a worker whose scoreboard heartbeat is older than
-  `worker_timeout` gets SIGABRT (its faulthandler dumps the stack to stderr),
-  and SIGKILL to its whole process group `kill_grace` seconds later;
+* `enforce_timeouts()`: a worker busy with one request (or still booting) for
+  longer than `worker_timeout` gets SIGABRT (its faulthandler dumps the stack
+  to stderr), and SIGKILL to its whole process group `kill_grace` seconds later;
 * `reconcile()`: fork workers until the current generation has `desired`
   live ones (waiting out a back-off after boot failures), stop surplus ones,
   and during a reload stop one old worker for each new one that is ready;
@@ -311,7 +311,10 @@ class WorkerPool:
                 if now - handle.abort_sent_at > self.server.kill_grace:
                     _kill_group(handle.process.pid, signal.SIGKILL)
                 continue
-            if limit and now - slot.heartbeat > limit:
+            # The deadline is per request (and per boot): an idle worker is never killed
+            # for being idle, even where its accept() cannot wake up to beat.
+            busy = slot.state in (WorkerState.BUSY, WorkerState.STARTING)
+            if limit and busy and now - slot.heartbeat > limit:
                 log.error(
                     "worker %d (pid %d) has been %s for %.1f s (worker_timeout=%s): "
                     "sending SIGABRT for a traceback, SIGKILL in %.1f s",
