@@ -218,9 +218,11 @@ class Worker:
             slot.errors += 1
             self.server.handle_error(request, client_address)
         finally:
-            self.server.shutdown_request(request)
+            # Count before the connection closes: once the client has its answer, the
+            # scoreboard already shows the request.
             slot.requests += 1
             self.served += 1
+            self.server.shutdown_request(request)
             if self.memory_limit and resident_memory() > self.memory_limit:
                 self.over_memory_limit = True  # recycle: finish here, a fresh worker follows
             self.scoreboard.set_state(self.index, WorkerState.IDLE)
