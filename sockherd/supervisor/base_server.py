@@ -98,7 +98,7 @@ class BaseServer:
     _sockherd_wakeup: WakeupPipe | None = None
     _sockherd_accept_backoff: AcceptBackoff | None = None
     _sockherd_serving_thread: int | None = None
-    _sockherd_wake_sources: dict[int, Callable[[], None]] | None = None
+    _sockherd_wake_sources: dict[int, tuple[Callable[[], None], int]] | None = None
     _sockherd_loop_wait: LoopWait | None = None
 
     def __init__(self, server_address: Any, RequestHandlerClass: Any) -> None:
@@ -334,8 +334,11 @@ class BaseServer:
             self._sockherd_wakeup = None
             wakeup.close()
 
-    def _sockherd_add_wake_source(self, fd: int, callback: Callable[[], None]) -> None:
-        """Wake the serve loop and run `callback` (in the loop) whenever `fd` is readable.
+    def _sockherd_add_wake_source(
+        self, fd: int, callback: Callable[[], None], writable: bool = False
+    ) -> None:
+        """Wake the serve loop and run `callback` (in the loop) whenever `fd` is readable
+        (or writable, with `writable`).  Adding an fd again changes its callback/interest.
 
         For mix-ins; ForkingMixIn adds each child's exit fd.  Takes effect at once
         in a running loop and in every later one, until removed.
@@ -343,9 +346,10 @@ class BaseServer:
         sources = self._sockherd_wake_sources
         if sources is None:
             sources = self._sockherd_wake_sources = {}
-        sources[fd] = callback
+        events = selectors.EVENT_WRITE if writable else selectors.EVENT_READ
+        sources[fd] = (callback, events)
         if self._sockherd_loop_wait is not None:
-            self._sockherd_loop_wait.add(fd, callback)
+            self._sockherd_loop_wait.add(fd, callback, events)
 
     def _sockherd_remove_wake_source(self, fd: int) -> None:
         """Stop watching `fd`.  Call it before closing the fd."""

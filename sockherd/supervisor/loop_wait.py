@@ -35,12 +35,17 @@ class LoopWait:
         self._listening = False
         if wakeup is not None:
             selector.register(wakeup.read_fd, selectors.EVENT_READ, wakeup.drain)
-        for fd, callback in (server._sockherd_wake_sources or {}).items():
-            selector.register(fd, selectors.EVENT_READ, callback)
+        for fd, (callback, events) in (server._sockherd_wake_sources or {}).items():
+            selector.register(fd, events, callback)
 
-    def add(self, fd: int, callback: Callable[[], None]) -> None:
-        """Watch one more fd (a new child's exit fd)."""
-        self._selector.register(fd, selectors.EVENT_READ, callback)
+    def add(
+        self, fd: int, callback: Callable[[], None], events: int = selectors.EVENT_READ
+    ) -> None:
+        """Watch one more fd (a new child's exit fd), or change how an fd is watched."""
+        if fd in self._selector.get_map():
+            self._selector.modify(fd, events, callback)
+        else:
+            self._selector.register(fd, events, callback)
 
     def remove(self, fd: int) -> None:
         """Stop watching `fd`; call before the fd is closed."""
