@@ -34,6 +34,7 @@ from collections.abc import Callable
 from time import monotonic as time
 from typing import Any
 
+from ..metrics.request_stats import RequestStats
 from .accept_backoff import AcceptBackoff
 from .loop_wait import LoopWait
 from .wakeup import WakeupPipe
@@ -100,6 +101,7 @@ class BaseServer:
     _sockherd_serving_thread: int | None = None
     _sockherd_wake_sources: dict[int, tuple[Callable[[], None], int]] | None = None
     _sockherd_loop_wait: LoopWait | None = None
+    _sockherd_request_stats: RequestStats | None = None
 
     def __init__(self, server_address: Any, RequestHandlerClass: Any) -> None:
         """Constructor.  May be extended, do not override."""
@@ -269,8 +271,18 @@ class BaseServer:
         """Call finish_request.
 
         Overridden by ForkingMixIn and ThreadingMixIn.
+
+        sockherd: the request is counted in `request_stats` before it is shut down.
         """
-        self.finish_request(request, client_address)
+        stats = self.request_stats
+        stats.started()
+        began = time()
+        try:
+            self.finish_request(request, client_address)
+        except BaseException:
+            stats.finished("error", time() - began)
+            raise
+        stats.finished("ok", time() - began)
         self.shutdown_request(request)
 
     def server_close(self) -> None:
@@ -317,6 +329,18 @@ class BaseServer:
 
     def __exit__(self, *args: object) -> None:
         self.server_close()
+
+    @property
+    def request_stats(self) -> RequestStats:
+        """Requests this server process has seen finish: counts by outcome, durations.
+
+        Sync and threading servers count each request; ForkingMixIn counts each
+        reaped child; prefork workers keep theirs in the scoreboard instead.
+        """
+        stats = self._sockherd_request_stats
+        if stats is None:
+            stats = self._sockherd_request_stats = RequestStats()
+        return stats
 
     # --- sockherd's loop machinery (private) -------------------------------------------
 

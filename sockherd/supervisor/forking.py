@@ -58,14 +58,22 @@ def _flush_std_streams() -> None:
             pass
 
 
+def _request_outcome(status: int) -> str:
+    """A request child's outcome from its wait status (see process_request's exit codes)."""
+    if os.WIFEXITED(status):
+        return "ok" if os.WEXITSTATUS(status) == 0 else "error"
+    return "aborted"
+
+
 class _ChildWatch:
-    """The parent's handle on one child: its exit fd and the callback that reaps it."""
+    """The parent's handle on one child: its exit fd, the callback that reaps it, its birth."""
 
-    __slots__ = ("fd", "on_exit")
+    __slots__ = ("fd", "on_exit", "forked_at")
 
-    def __init__(self, fd: int | None, on_exit: Callable[[], None]) -> None:
+    def __init__(self, fd: int | None, on_exit: Callable[[], None], forked_at: float) -> None:
         self.fd = fd
         self.on_exit = on_exit
+        self.forked_at = forked_at
 
 
 class ForkingMixIn:
@@ -127,6 +135,7 @@ class ForkingMixIn:
         """Fork a new subprocess to process the request."""
         pending = prepare_child_watch()
         _flush_std_streams()
+        forked_at = monotonic()
         try:
             pid = os.fork()
         except BaseException:
@@ -137,7 +146,7 @@ class ForkingMixIn:
             if self.active_children is None:
                 self.active_children = set()
             self.active_children.add(pid)
-            self._sockherd_watch_child(pid, pending.in_parent(pid))
+            self._sockherd_watch_child(pid, pending.in_parent(pid), forked_at)
             self.close_request(request)  # type: ignore[attr-defined]
             return
         else:
@@ -166,11 +175,11 @@ class ForkingMixIn:
 
     # --- sockherd: the child table -------------------------------------------------
 
-    def _sockherd_watch_child(self, pid: int, fd: int | None) -> None:
+    def _sockherd_watch_child(self, pid: int, fd: int | None, forked_at: float) -> None:
         watches = self._sockherd_child_watches
         if watches is None:
             watches = self._sockherd_child_watches = {}
-        watch = watches[pid] = _ChildWatch(fd, lambda: self._sockherd_reap_one(pid))
+        watch = watches[pid] = _ChildWatch(fd, lambda: self._sockherd_reap_one(pid), forked_at)
         if fd is not None:
             self._sockherd_add_wake_source(fd, watch.on_exit)  # type: ignore[attr-defined]
 
@@ -211,9 +220,13 @@ class ForkingMixIn:
     def _sockherd_child_gone(self, pid: int, status: int | None) -> None:
         """The one place a reaped (or vanished) child leaves the child table."""
         # Tally first: whoever sees the pid leave active_children may read the counts.
+        watch = (self._sockherd_child_watches or {}).pop(pid, None)
         if status is not None:
             self.child_exit_counts[describe_wait_status(status)] += 1
-        watch = (self._sockherd_child_watches or {}).pop(pid, None)
+            if watch is not None:
+                self.request_stats.observe(  # type: ignore[attr-defined]
+                    _request_outcome(status), monotonic() - watch.forked_at
+                )
         if watch is not None:
             self._sockherd_unwatch(watch)
         if self.active_children is not None:

@@ -86,11 +86,17 @@ class ThreadingMixIn:
         In addition, exception handling is done here.
 
         """
+        stats = self.request_stats  # type: ignore[attr-defined]
+        stats.started()
+        began = monotonic()
+        outcome = "error"
         try:
             self.finish_request(request, client_address)  # type: ignore[attr-defined]
+            outcome = "ok"
         except Exception:
             self.handle_error(request, client_address)  # type: ignore[attr-defined]
         finally:
+            stats.finished(outcome, monotonic() - began)
             self.shutdown_request(request)  # type: ignore[attr-defined]
 
     def process_request(self, request: Any, client_address: Any) -> None:

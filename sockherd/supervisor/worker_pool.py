@@ -214,7 +214,10 @@ class WorkerPool:
             self.idle.remove(handle.index)
         except ValueError:
             pass
-        self.scoreboard.release(handle.index)
+        lost = None
+        if state == WorkerState.BUSY:
+            lost = "timeouts" if handle.abort_sent_at is not None else "aborted"
+        self.scoreboard.release(handle.index, lost)
         if not handle.ready:
             self.boot_failures += 1
             delay = min(BOOT_BACKOFF_FIRST * 2 ** (self.boot_failures - 1), BOOT_BACKOFF_MAX)
@@ -410,7 +413,7 @@ class WorkerPool:
     def stop_all(self, graceful: bool) -> None:
         """Stop every worker and reap it; graceful: let requests finish for graceful_timeout."""
         self.stopping = True
-        self.scoreboard.retired.draining = 1
+        self.scoreboard.header.draining = 1
         deadline = time.monotonic() + (self.server.graceful_timeout if graceful else 0)
         if graceful and self.server._sockherd_handoff() == "dispatch":
             self._dispatch_backlog(deadline)

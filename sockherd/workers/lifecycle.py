@@ -7,8 +7,8 @@ it (STARTING).  The worker runs the server's `worker_setup()` hook and reports
 IDLE; from then on it flips between IDLE and BUSY once per request.  Told to stop
 (SIGTERM, or recycling after `max_requests`), it finishes the request in hand and
 goes STOPPING.  Whatever the way out (clean exit, crash, timeout kill), the
-supervisor's reaper marks the slot DEAD, folds its counters into the retired
-totals, and frees it.
+supervisor's reaper marks the slot DEAD, folds its counters into the slot's
+supervisor-side totals, and frees it.
 
 Rule: every state change goes through `advance()`, so an impossible move (a
 DEAD worker turning BUSY) raises `IllegalTransition` naming both states instead

@@ -2,10 +2,11 @@
 
 It is an anonymous shared mapping created by the supervisor before its first fork,
 so every worker inherits it; no file, no fd, nothing to clean up.  A slot is
-written by its owner only: the worker writes its state, heartbeat and counters,
-the supervisor writes pid/generation/start time before the fork and marks the
-slot dead after reaping it (see `lifecycle`).  The supervisor folds a dead
-slot's counters into `retired` so totals stay monotonic across restarts.
+written by its owner only: the worker writes its state, heartbeat and request
+figures, the supervisor writes pid/generation/start time before the fork and
+marks the slot dead after reaping it (see `lifecycle`).  On release the
+supervisor folds the slot's figures into `folded[index]`, in its own memory,
+so per-slot counters stay monotonic across worker restarts and reloads.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ from __future__ import annotations
 import ctypes
 import mmap
 import time
+from dataclasses import dataclass, field
 
+from ..metrics.request_stats import DURATION_BUCKETS, bucket_index
 from .lifecycle import WorkerState, advance
+
+BUCKETS = len(DURATION_BUCKETS) + 1  # the last one is +Inf
 
 
 class Slot(ctypes.Structure):
@@ -26,30 +31,41 @@ class Slot(ctypes.Structure):
         ("pid", ctypes.c_int64),
         ("started", ctypes.c_double),
         ("heartbeat", ctypes.c_double),
-        ("requests", ctypes.c_uint64),
+        ("requests", ctypes.c_uint64),  # finished, ok or error
         ("errors", ctypes.c_uint64),
+        ("duration_sum", ctypes.c_double),
+        ("buckets", ctypes.c_uint64 * BUCKETS),  # non-cumulative
     ]
 
 
-class Totals(ctypes.Structure):
-    """Counters of workers that have exited, and the server-wide stop flag."""
+class Header(ctypes.Structure):
+    """Pool-wide flags the workers read."""
 
-    _fields_ = [
-        ("requests", ctypes.c_uint64),
-        ("errors", ctypes.c_uint64),
-        ("draining", ctypes.c_int32),  # 1: the whole server stops; workers drain the backlog
-    ]
+    _fields_ = [("draining", ctypes.c_int32)]  # 1: the whole server stops; drain the backlog
+
+
+@dataclass
+class FoldedCounts:
+    """A slot's figures from workers that have exited (supervisor memory only)."""
+
+    requests: int = 0
+    errors: int = 0
+    timeouts: int = 0  # requests in hand when a worker was killed for its timeout
+    aborted: int = 0  # requests in hand when a worker died otherwise
+    duration_sum: float = 0.0
+    buckets: list[int] = field(default_factory=lambda: [0] * BUCKETS)
 
 
 class Scoreboard:
-    """`size` slots plus retired totals, in memory shared with every forked worker."""
+    """`size` slots plus a header, in memory shared with every forked worker."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        length = ctypes.sizeof(Totals) + size * ctypes.sizeof(Slot)
+        length = ctypes.sizeof(Header) + size * ctypes.sizeof(Slot)
         self._memory = mmap.mmap(-1, length)  # MAP_SHARED | MAP_ANONYMOUS
-        self.retired = Totals.from_buffer(self._memory, 0)
-        self.slots = (Slot * size).from_buffer(self._memory, ctypes.sizeof(Totals))
+        self.header = Header.from_buffer(self._memory, 0)
+        self.slots = (Slot * size).from_buffer(self._memory, ctypes.sizeof(Header))
+        self.folded = [FoldedCounts() for _ in range(size)]
 
     def state(self, index: int) -> WorkerState:
         """The state of slot `index`."""
@@ -65,6 +81,15 @@ class Scoreboard:
         """Record that the worker in slot `index` is alive and not stuck."""
         self.slots[index].heartbeat = time.monotonic()
 
+    def record_request(self, index: int, seconds: float, failed: bool) -> None:
+        """The worker in slot `index` finished a request (worker side)."""
+        slot = self.slots[index]
+        slot.requests += 1
+        if failed:
+            slot.errors += 1
+        slot.duration_sum += seconds
+        slot.buckets[bucket_index(seconds)] += 1
+
     def claim(self, generation: int) -> int | None:
         """Take a FREE slot for a worker about to be forked; None if all are taken."""
         for index in range(self.size):
@@ -72,27 +97,49 @@ class Scoreboard:
                 slot = self.slots[index]
                 slot.generation = generation
                 slot.pid = 0
-                slot.requests = slot.errors = 0
                 slot.started = time.monotonic()
                 self.set_state(index, WorkerState.STARTING)
                 return index
         return None
 
-    def release(self, index: int) -> None:
-        """After the worker is reaped: mark DEAD, fold its counters into `retired`, free it."""
+    def release(self, index: int, request_lost: str | None = None) -> None:
+        """After the worker is reaped: fold its figures into `folded[index]` and free the slot.
+
+        `request_lost` is "timeouts" or "aborted" when it died with a request in hand.
+        """
         slot = self.slots[index]
         self.set_state(index, WorkerState.DEAD)
-        self.retired.requests += slot.requests
-        self.retired.errors += slot.errors
+        folded = self.folded[index]
+        folded.requests += slot.requests
+        folded.errors += slot.errors
+        folded.duration_sum += slot.duration_sum
+        for bucket in range(BUCKETS):
+            folded.buckets[bucket] += slot.buckets[bucket]
+            slot.buckets[bucket] = 0
+        if request_lost:
+            setattr(folded, request_lost, getattr(folded, request_lost) + 1)
         slot.requests = slot.errors = 0
+        slot.duration_sum = 0.0
         slot.pid = 0
         self.set_state(index, WorkerState.FREE)
 
+    def totals(self, index: int) -> FoldedCounts:
+        """Slot `index`'s figures, exited workers and the live one together (monotonic)."""
+        slot, folded = self.slots[index], self.folded[index]
+        return FoldedCounts(
+            requests=folded.requests + slot.requests,
+            errors=folded.errors + slot.errors,
+            timeouts=folded.timeouts,
+            aborted=folded.aborted,
+            duration_sum=folded.duration_sum + slot.duration_sum,
+            buckets=[folded.buckets[b] + slot.buckets[b] for b in range(BUCKETS)],
+        )
+
     def total_requests(self) -> int:
-        """Requests served by every worker, dead or alive (monotonic)."""
-        return self.retired.requests + sum(slot.requests for slot in self.slots)
+        """Requests served or lost by every worker, dead or alive (monotonic)."""
+        return sum(t.requests + t.timeouts + t.aborted for t in map(self.totals, range(self.size)))
 
     def close(self) -> None:
         """Unmap the memory (the supervisor, once every worker is gone)."""
-        del self.retired, self.slots
+        del self.header, self.slots
         self._memory.close()

@@ -35,6 +35,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 from typing import Any
 
 from .fd_passing import receive_connection
@@ -121,6 +122,13 @@ class Worker:
             return BOOT_FAILURE_EXIT
         self.scoreboard.set_state(self.index, WorkerState.IDLE)
         self.tell(READY)
+        listener = self.server.socket
+        if type(listener) is socket.socket and listener.type == socket.SOCK_STREAM:
+            # Accepted sockets inherit the listener's SO_RCVTIMEO: clear it inside accept(),
+            # before a get_request() override can use the connection (a TLS handshake).
+            self.server.socket = _HeartbeatListener(
+                listener.family, listener.type, listener.proto, fileno=listener.detach()
+            )
         if self.handoff == "dispatch":
             self.dispatched_loop()
         else:
@@ -144,7 +152,7 @@ class Worker:
             self.scoreboard.beat(self.index)
             if not self.accept_one():
                 continue
-        if self.scoreboard.retired.draining:
+        if self.scoreboard.header.draining:
             self.drain_backlog()
 
     def accept_one(self) -> bool:
@@ -159,11 +167,6 @@ class Worker:
             if pause:
                 select.select([self.wake_read], [], [], pause)
             return False
-        if isinstance(request, socket.socket):
-            try:
-                request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _NO_TIMEOUT)
-            except OSError:
-                pass
         if not self.server.verify_request(request, client_address):
             self.server.shutdown_request(request)
             return True
@@ -211,21 +214,35 @@ class Worker:
     def serve(self, request: Any, client_address: Any) -> None:
         """Run the handler on one request exactly as a synchronous server would."""
         self.scoreboard.set_state(self.index, WorkerState.BUSY)
-        slot = self.scoreboard.slots[self.index]
+        began = time.monotonic()
+        failed = False
         try:
             self.server.finish_request(request, client_address)
         except Exception:
-            slot.errors += 1
+            failed = True
             self.server.handle_error(request, client_address)
         finally:
             # Count before the connection closes: once the client has its answer, the
             # scoreboard already shows the request.
-            slot.requests += 1
+            self.scoreboard.record_request(self.index, time.monotonic() - began, failed)
             self.served += 1
             self.server.shutdown_request(request)
             if self.memory_limit and resident_memory() > self.memory_limit:
                 self.over_memory_limit = True  # recycle: finish here, a fresh worker follows
             self.scoreboard.set_state(self.index, WorkerState.IDLE)
+
+
+class _HeartbeatListener(socket.socket):
+    """The worker's view of the shared listener: accept() returns sockets without the
+    listener's heartbeat receive timeout, so handlers get ordinary blocking sockets."""
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        connection, address = super().accept()
+        try:
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _NO_TIMEOUT)
+        except OSError:
+            pass
+        return connection, address
 
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
