@@ -115,6 +115,7 @@ class PreforkMixIn:
     _sockherd_quick_stop = False
     _sockherd_orphan_duty = False
     _sockherd_control: ControlSocket | None = None
+    _sockherd_wrapped_refused = 0
 
     # --- hooks ------------------------------------------------------------------------
 
@@ -188,8 +189,24 @@ class PreforkMixIn:
         )
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Dispatch mode, in the supervisor: pass the connection to an idle worker."""
+        """Dispatch mode, in the supervisor: pass the connection to an idle worker.
+
+        Only a plain socket can be passed (its fd travels, not the Python object): a
+        connection that get_request() wrapped (TLS) is refused with an error, since
+        the worker would see the raw bytes; wrap in accept mode instead.
+        """
         pool = self._sockherd_pool
+        if type(request) is not socket.socket:
+            if not self._sockherd_wrapped_refused:
+                log.error(
+                    "dispatch hand-off can pass only plain sockets, but get_request() returned "
+                    "a %s; refusing such connections. Use handoff='accept' so that workers call "
+                    "get_request() (and wrap the connection) themselves",
+                    type(request).__name__,
+                )
+            self._sockherd_wrapped_refused += 1
+            self.shutdown_request(request)  # type: ignore[attr-defined]
+            return
         if pool is None or not pool.dispatch(request, client_address):
             log.warning("no worker could take the connection from %s; closing it", client_address)
         self.close_request(request)  # type: ignore[attr-defined]

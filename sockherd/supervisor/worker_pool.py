@@ -218,7 +218,9 @@ class WorkerPool:
         if state == WorkerState.BUSY:
             lost = "timeouts" if handle.abort_sent_at is not None else "aborted"
         self.scoreboard.release(handle.index, lost)
-        if not handle.ready:
+        if handle.stop_sent or self.stopping:
+            self.restarts["stopped"] += 1  # told to stop, whether or not it had booted
+        elif not handle.ready:
             self.boot_failures += 1
             delay = min(BOOT_BACKOFF_FIRST * 2 ** (self.boot_failures - 1), BOOT_BACKOFF_MAX)
             self.next_spawn_at = time.monotonic() + delay
@@ -231,8 +233,6 @@ class WorkerPool:
                 ", worker_setup() raised" if code == BOOT_FAILURE_EXIT else "",
                 delay,
             )
-        elif handle.stop_sent or self.stopping:
-            self.restarts["stopped"] += 1
         elif handle.abort_sent_at is not None:
             self.restarts["timeout"] += 1
         elif state == WorkerState.STOPPING and code == 0:
