@@ -32,12 +32,15 @@ import sys
 import threading
 from collections.abc import Callable
 from time import monotonic as time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..metrics.request_stats import RequestStats
 from .accept_backoff import AcceptBackoff
 from .loop_wait import LoopWait
 from .wakeup import WakeupPipe
+
+if TYPE_CHECKING:
+    from ..metrics.endpoint import MetricsEndpoint
 
 # poll/select rather than epoll/kqueue: no extra fd and a single syscall per wait,
 # as CPython chose.  poll has no FD_SETSIZE limit.
@@ -94,6 +97,10 @@ class BaseServer:
     """
 
     timeout: float | None = None
+    # sockherd: serve Prometheus metrics on this (host, port) while serve_forever() runs.
+    metrics_address: tuple[str, int] | None = None
+    # sockherd: the `server` label of those metrics (default: the listening address).
+    metrics_name: str | None = None
 
     # sockherd state, created lazily so subclasses that skip __init__ chains still work.
     _sockherd_wakeup: WakeupPipe | None = None
@@ -102,6 +109,7 @@ class BaseServer:
     _sockherd_wake_sources: dict[int, tuple[Callable[[], None], int]] | None = None
     _sockherd_loop_wait: LoopWait | None = None
     _sockherd_request_stats: RequestStats | None = None
+    _sockherd_metrics: MetricsEndpoint | None = None
 
     def __init__(self, server_address: Any, RequestHandlerClass: Any) -> None:
         """Constructor.  May be extended, do not override."""
@@ -134,6 +142,7 @@ class BaseServer:
             wakeup = self._sockherd_wakeup_pipe()
             if wakeup is not None:
                 wakeup.drain()
+            metrics = self._sockherd_open_metrics()
             with _ServerSelector() as selector:
                 waiter = self._sockherd_loop_wait = LoopWait(self, selector, wakeup)
                 while not self.__shutdown_request:
@@ -145,10 +154,13 @@ class BaseServer:
                         self._handle_request_noblock()
 
                     self.service_actions()
+                    if metrics is not None:
+                        metrics.expire_slow_clients()
         finally:
             self._sockherd_loop_wait = None
             try:
                 self._sockherd_before_loop_exit()
+                self._sockherd_close_metrics()
             finally:
                 self._sockherd_serving_thread = None
                 self.__shutdown_request = False
@@ -352,11 +364,34 @@ class BaseServer:
         """Runs as serve_forever() ends, before shutdown() returns (PreforkMixIn stops workers)."""
 
     def _sockherd_close_supervisor_fds(self) -> None:
-        """In a forked worker: close the serve loop's own fds (the wake-up pipe)."""
+        """In a forked child: close the serve loop's own fds (wake-up pipe, metrics endpoint)."""
         wakeup = self._sockherd_wakeup
         if wakeup is not None:
             self._sockherd_wakeup = None
             wakeup.close()
+        metrics = self._sockherd_metrics
+        if metrics is not None:
+            self._sockherd_metrics = None
+            metrics.close_in_child()
+
+    def _sockherd_open_metrics(self) -> MetricsEndpoint | None:
+        if self.metrics_address is None:
+            return None
+        from ..metrics.endpoint import MetricsEndpoint, build_registry
+
+        self._sockherd_metrics = MetricsEndpoint(
+            self.metrics_address,
+            build_registry(self),
+            self._sockherd_add_wake_source,
+            self._sockherd_remove_wake_source,
+        )
+        return self._sockherd_metrics
+
+    def _sockherd_close_metrics(self) -> None:
+        metrics = self._sockherd_metrics
+        if metrics is not None:
+            self._sockherd_metrics = None
+            metrics.close()
 
     def _sockherd_add_wake_source(
         self, fd: int, callback: Callable[[], None], writable: bool = False

@@ -153,6 +153,7 @@ class ForkingMixIn:
             # Child process.
             # This must never return, hence os._exit()!
             pending.in_child()
+            self._sockherd_close_supervisor_fds()  # type: ignore[attr-defined]
             status = 1
             try:
                 self.finish_request(request, client_address)  # type: ignore[attr-defined]

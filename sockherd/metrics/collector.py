@@ -1,0 +1,257 @@
+"""The custom prometheus_client collector: metric families built from server state at scrape.
+
+Nothing here counts anything: the figures live where they are produced (the
+scoreboard for prefork workers, `request_stats` for sync/threading/forking,
+the pool and the child table for exits and restarts) and are read at scrape
+time, so no metric object is shared with a forked child and counters stay
+monotonic across worker restarts.  Workers are labelled by scoreboard slot,
+never by pid.  Metric names follow ../shared/reference/prometheus.md §6.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from .._version import VERSION
+from ..supervisor.autoscaler import queued_connections
+from ..workers.lifecycle import WorkerState
+from .request_stats import DURATION_BUCKETS, OUTCOMES
+
+REPORTED_STATES = (
+    WorkerState.STARTING,
+    WorkerState.IDLE,
+    WorkerState.BUSY,
+    WorkerState.STOPPING,
+)
+
+
+def server_label(server: Any) -> str:
+    """The `server` label: `metrics_name` if set, else the listening address."""
+    name = getattr(server, "metrics_name", None)
+    if name:
+        return str(name)
+    address = server.server_address
+    if isinstance(address, tuple):
+        return f"{address[0]}:{address[1]}"
+    return address.decode() if isinstance(address, bytes) else str(address)
+
+
+def _histogram_buckets(buckets: list[int]) -> list[tuple[str, float]]:
+    cumulative = 0
+    result: list[tuple[str, float]] = []
+    for bound, count in zip((*DURATION_BUCKETS, float("inf")), buckets, strict=True):
+        cumulative += count
+        result.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    return result
+
+
+def _exit_labels(reason: str) -> tuple[str, str]:
+    """("exit 3" | "signal SIGKILL") -> (exit_code, signal) label values."""
+    kind, _, value = reason.partition(" ")
+    return (value, "") if kind == "exit" else ("", value)
+
+
+class ServerCollector:
+    """Collects one sockherd server's metrics (register it in a CollectorRegistry)."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+
+    def describe(self) -> list[Any]:
+        """Nothing to pre-describe (keeps registration free of a first collect())."""
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        """Yield every metric family, read from the server's live state."""
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+            InfoMetricFamily,
+        )
+
+        server = self.server
+        label = server_label(server)
+        info = InfoMetricFamily("sockherd_build", "sockherd version and Python")
+        info.add_metric([], {"version": VERSION, "python": platform.python_version()})
+        yield info
+
+        pool = getattr(server, "_sockherd_pool", None)
+        if pool is not None:
+            by_outcome, buckets, duration_sum = self._pool_requests(pool, label)
+            per_worker = by_outcome
+        else:
+            stats = server.request_stats
+            per_worker = None
+            by_outcome = {(label, "", o): stats.by_outcome[o] for o in OUTCOMES}
+            buckets, duration_sum = list(stats.buckets), stats.duration_sum
+
+        requests = CounterMetricFamily(
+            "sockherd_requests",
+            "Requests finished, by outcome (ok, error, timeout, aborted)",
+            labels=["server", "worker", "outcome"],
+        )
+        for (server_name, worker, outcome), value in (per_worker or by_outcome).items():
+            requests.add_metric([server_name, worker, outcome], value)
+        yield requests
+
+        duration = HistogramMetricFamily(
+            "sockherd_request_duration_seconds",
+            "Time from the start of a request to its end",
+            labels=["server"],
+        )
+        duration.add_metric([label], _histogram_buckets(buckets), duration_sum)
+        yield duration
+
+        active = GaugeMetricFamily(
+            "sockherd_connections_active", "Requests in progress", labels=["server"]
+        )
+        active.add_metric([label], self._in_flight(pool))
+        yield active
+
+        backoff = getattr(server, "_sockherd_accept_backoff", None)
+        errors = CounterMetricFamily(
+            "sockherd_accept_errors",
+            "Failed accept()/recvfrom() calls in the serving process, by errno",
+            labels=["server", "errno"],
+        )
+        for name, value in sorted((backoff.failures if backoff else {}).items()):
+            errors.add_metric([label, name], value)
+        yield errors
+
+        if pool is not None:
+            yield from self._pool_families(pool, label)
+        if hasattr(server, "child_exit_counts"):  # ForkingMixIn
+            yield from self._forking_families(label)
+        yield from self._listen_queue(label)
+
+    # --- per mode -----------------------------------------------------------------------
+
+    def _pool_requests(
+        self, pool: Any, label: str
+    ) -> tuple[dict[tuple[str, str, str], int], list[int], float]:
+        per_worker: dict[tuple[str, str, str], int] = {}
+        buckets = [0] * (len(DURATION_BUCKETS) + 1)
+        duration_sum = 0.0
+        scoreboard = pool.scoreboard
+        for index in range(scoreboard.size):
+            totals = scoreboard.totals(index)
+            if not (totals.requests or totals.timeouts or totals.aborted):
+                if index not in pool.workers:
+                    continue  # a slot never used: no series
+            worker = str(index)
+            per_worker[(label, worker, "ok")] = totals.requests - totals.errors
+            per_worker[(label, worker, "error")] = totals.errors
+            per_worker[(label, worker, "timeout")] = totals.timeouts
+            per_worker[(label, worker, "aborted")] = totals.aborted
+            buckets = [a + b for a, b in zip(buckets, totals.buckets, strict=True)]
+            duration_sum += totals.duration_sum
+        return per_worker, buckets, duration_sum
+
+    def _in_flight(self, pool: Any) -> int:
+        if pool is not None:
+            return sum(1 for i in pool.workers if pool.scoreboard.state(i) == WorkerState.BUSY)
+        children = getattr(self.server, "active_children", None)
+        if children is not None:
+            return len(children)
+        return int(self.server.request_stats.in_flight)
+
+    def _pool_families(self, pool: Any, label: str) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        workers = GaugeMetricFamily(
+            "sockherd_workers", "Worker processes by state", labels=["server", "state"]
+        )
+        counts = dict.fromkeys(REPORTED_STATES, 0)
+        for index in pool.workers:
+            state = pool.scoreboard.state(index)
+            if state in counts:
+                counts[state] += 1
+        for state, value in counts.items():
+            workers.add_metric([label, state.name.lower()], value)
+        yield workers
+
+        desired = GaugeMetricFamily(
+            "sockherd_workers_desired", "Worker count the supervisor aims for", labels=["server"]
+        )
+        desired.add_metric([label], pool.desired)
+        yield desired
+
+        now_monotonic, now_wall = time.monotonic(), time.time()
+        age = GaugeMetricFamily(
+            "sockherd_worker_heartbeat_age_seconds",
+            "Seconds since each worker last proved it is alive",
+            labels=["server", "worker"],
+        )
+        started = GaugeMetricFamily(
+            "sockherd_worker_start_time_seconds",
+            "Unix time each worker started",
+            labels=["server", "worker"],
+        )
+        for index in sorted(pool.workers):
+            slot = pool.scoreboard.slots[index]
+            age.add_metric([label, str(index)], max(0.0, now_monotonic - slot.heartbeat))
+            started.add_metric([label, str(index)], now_wall - (now_monotonic - slot.started))
+        yield age
+        yield started
+
+        restarts = CounterMetricFamily(
+            "sockherd_worker_restarts",
+            "Workers that ended, by reason (crashed, timeout, recycled, stopped, boot_failure)",
+            labels=["server", "reason"],
+        )
+        for reason, value in sorted(pool.restarts.items()):
+            restarts.add_metric([label, reason], value)
+        yield restarts
+
+        exits = CounterMetricFamily(
+            "sockherd_child_exits",
+            "Reaped children by kind, exit code and signal",
+            labels=["server", "kind", "exit_code", "signal"],
+        )
+        for reason, value in sorted(pool.exit_counts.items()):
+            exits.add_metric([label, "worker", *_exit_labels(reason)], value)
+        yield exits
+
+        orphans = CounterMetricFamily(
+            "sockherd_orphans_reaped",
+            "Abandoned descendants reaped as PID 1 or child subreaper",
+            labels=["server"],
+        )
+        orphans.add_metric([label], pool.orphans_reaped)
+        yield orphans
+
+    def _forking_families(self, label: str) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        server = self.server
+        exits = CounterMetricFamily(
+            "sockherd_child_exits",
+            "Reaped children by kind, exit code and signal",
+            labels=["server", "kind", "exit_code", "signal"],
+        )
+        for reason, value in sorted(server.child_exit_counts.items()):
+            exits.add_metric([label, "request", *_exit_labels(reason)], value)
+        yield exits
+        limit = GaugeMetricFamily(
+            "sockherd_max_children", "ForkingMixIn.max_children", labels=["server"]
+        )
+        limit.add_metric([label], server.max_children)
+        yield limit
+
+    def _listen_queue(self, label: str) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        sock = getattr(self.server, "socket", None)
+        if sock is None or sock.fileno() < 0:
+            return
+        queue = GaugeMetricFamily(
+            "sockherd_listen_queue_length",
+            "Connections waiting in the listen backlog (Linux TCP only)",
+            labels=["server"],
+        )
+        queue.add_metric([label], queued_connections(sock))
+        yield queue
