@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIND ?= 127.0.0.1:8000
+METRICS ?= 127.0.0.1:9100
 PYTEST_ARGS ?=
 
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
@@ -15,12 +16,15 @@ $(STAMP): pyproject.toml
 	@./.ci/make-venv "$(PYTHON)" "$(VENV)"
 	@touch $@
 
-## make run: the bundled echo service on $(BIND), served by a supervised prefork pool.
+## make run: the bundled echo service on $(BIND), served by a supervised prefork pool,
+## with Prometheus metrics on http://$(METRICS)/metrics.
 run: $(STAMP)
-	$(VENV)/bin/sockherd serve sockherd.examples.echo:EchoHandler --bind $(BIND) --mode prefork
+	$(VENV)/bin/sockherd serve sockherd.examples.echo:EchoHandler --bind $(BIND) --mode prefork \
+		--metrics $(METRICS)
 
-## make test: the whole suite on the default python3.
+## make test: the whole suite on the default python3 (installs promtool/prometheus if it can).
 test: $(STAMP)
+	@./.ci/install-system-deps
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 ## make test-others: the suite on every other CPython 3.11-3.13 found on this machine.

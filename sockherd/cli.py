@@ -2,7 +2,7 @@
 
     sockherd serve MODULE:HANDLER [--bind ADDRESS] [--udp]
                    [--mode sync|threading|forking|prefork] [--workers N] [--handoff accept|dispatch]
-                   [--control PATH]
+                   [--control PATH] [--metrics HOST:PORT]
     sockherd ctl --control PATH status | scale N | reload | stop
 
 ADDRESS is `HOST:PORT`, `[IPV6]:PORT`, `unix:/path`, or an inherited listening
@@ -132,13 +132,23 @@ def _build_parser() -> argparse.ArgumentParser:
         "--graceful-timeout", type=float, default=30.0, help="prefork: seconds to finish requests"
     )
     serve.add_argument("--control", help="prefork: path of a Unix control socket (mode 0600)")
+    serve.add_argument(
+        "--metrics", help="serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9100)"
+    )
     ctl = commands.add_parser("ctl", help="send a command to a running prefork supervisor")
     ctl.add_argument("--control", required=True, help="the supervisor's control socket path")
     ctl.add_argument("words", nargs="+", help="status | scale N | reload | stop")
     return parser
 
 
-def serve(handler_path: str, bind: str, mode: str, udp: bool, settings: dict[str, Any]) -> int:
+def serve(
+    handler_path: str,
+    bind: str,
+    mode: str,
+    udp: bool,
+    settings: dict[str, Any],
+    metrics: str | None = None,
+) -> int:
     """Run one server in the foreground until SIGTERM or SIGINT; return the exit status.
 
     `settings` are PreforkMixIn settings, used in prefork mode only.
@@ -158,6 +168,11 @@ def serve(handler_path: str, bind: str, mode: str, udp: bool, settings: dict[str
     server = cls(address, handler, **options)
     if inherited is not None:
         adopt_socket(server, inherited)
+    if metrics:
+        metrics_family, metrics_address = parse_address(metrics)
+        if metrics_family not in (socket.AF_INET, socket.AF_INET6):
+            raise UsageError(f"--metrics {metrics!r} must be HOST:PORT, e.g. 127.0.0.1:9100")
+        server.metrics_address = metrics_address
     with server:
         if mode != "prefork":  # the prefork supervisor handles its own signals
 
@@ -170,6 +185,8 @@ def serve(handler_path: str, bind: str, mode: str, udp: bool, settings: dict[str
         if isinstance(shown, tuple):
             shown = f"{shown[0]}:{shown[1]}"
         print(f"sockherd: serving {handler_path} on {shown} ({mode})", file=sys.stderr, flush=True)
+        if metrics:
+            print(f"sockherd: metrics at http://{metrics}/metrics", file=sys.stderr, flush=True)
         server.serve_forever()
     print("sockherd: stopped", file=sys.stderr, flush=True)
     return 0
@@ -199,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             "graceful_timeout": args.graceful_timeout,
             "control_socket": args.control,
         }
-        return serve(args.handler, args.bind, args.mode, args.udp, settings)
+        return serve(args.handler, args.bind, args.mode, args.udp, settings, args.metrics)
     except (UsageError, ControlError, ListenFdsError) as error:
         print(f"sockherd: {error}", file=sys.stderr)
         return 2

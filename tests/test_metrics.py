@@ -1,0 +1,263 @@
+"""Prometheus metrics: exact counts in every mode, monotonic across worker restarts, a clean
+exposition (promtool), an endpoint that never stalls the loop, and a real Prometheus scrape."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import serving, tcp_request, wait_until
+from prefork_handlers import Commands
+from prometheus_client.parser import text_string_to_metric_families
+
+import sockherd
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODES = ["sync", "threading", "forking", "prefork-accept", "prefork-dispatch"]
+
+
+def make_server(mode: str, **settings):
+    if mode.startswith("prefork"):
+        server = sockherd.PreforkTCPServer(
+            ("127.0.0.1", 0), Commands, handoff=mode.split("-")[1], workers=2, **settings
+        )
+    else:
+        cls = {
+            "sync": sockherd.TCPServer,
+            "threading": sockherd.ThreadingTCPServer,
+            "forking": sockherd.ForkingTCPServer,
+        }[mode]
+        server = cls(("127.0.0.1", 0), Commands)
+    server.metrics_address = ("127.0.0.1", 0)
+    server.metrics_name = "test"
+    return server
+
+
+def metrics_port(server) -> int:
+    endpoint = wait_until(lambda: server._sockherd_metrics)
+    return endpoint.address[1]
+
+
+def scrape(server, path: str = "/metrics") -> str:
+    url = f"http://127.0.0.1:{metrics_port(server)}{path}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} of an exposition."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def total(text: str, name: str, **labels: str) -> float:
+    """Sum of a sample over the series whose labels include `labels`."""
+    return sum(
+        value
+        for (sample, sample_labels), value in samples(text).items()
+        if sample == name and set(labels.items()) <= set(sample_labels)
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_requests_are_counted_exactly_by_outcome_in_every_mode(mode):
+    server = make_server(mode)
+    with serving(server, poll_interval=0.05):
+        for index in range(7):
+            tcp_request(server.server_address, b"echo %d\n" % index)
+        for _ in range(3):
+            tcp_request(server.server_address, b"raise\n")
+        if mode == "forking":
+            wait_until(lambda: not server.active_children)  # counted when reaped
+        text = scrape(server)
+    assert total(text, "sockherd_requests_total", outcome="ok") == 7
+    assert total(text, "sockherd_requests_total", outcome="error") == 3
+    assert total(text, "sockherd_request_duration_seconds_count", server="test") == 10
+    assert total(text, "sockherd_request_duration_seconds_bucket", le="+Inf") == 10
+
+
+def test_counters_never_go_down_when_workers_are_killed_and_replaced():
+    server = make_server("prefork-accept", worker_timeout=0.5, kill_grace=0.3)
+    with serving(server, poll_interval=0.05):
+        for index in range(10):
+            tcp_request(server.server_address, b"echo %d\n" % index)
+        before = samples(scrape(server))
+        victim = server.worker_stats()[0]
+        os.kill(victim["pid"], signal.SIGKILL)
+        wait_until(lambda: victim["pid"] not in {w["pid"] for w in server.worker_stats()})
+        tcp_request(server.server_address, b"hang\n", timeout=10)  # killed after the timeout
+        wait_until(lambda: server._sockherd_pool.restarts["timeout"] == 1)
+        after_text = scrape(server)
+    after = samples(after_text)
+    for key, value in before.items():
+        if key[0] in ("sockherd_requests_total", "sockherd_request_duration_seconds_count"):
+            assert after.get(key, 0) >= value, key
+    assert total(after_text, "sockherd_requests_total") == 11
+    assert total(after_text, "sockherd_requests_total", outcome="timeout") == 1
+    assert total(after_text, "sockherd_worker_restarts_total", reason="crashed") == 1
+    assert total(after_text, "sockherd_worker_restarts_total", reason="timeout") == 1
+
+
+def test_worker_gauges_emit_every_state_and_the_restart_reasons():
+    server = make_server("prefork-dispatch")
+    with serving(server, poll_interval=0.05):
+        wait_until(lambda: len(server.worker_stats()) == 2)
+        wait_until(lambda: all(w["state"] == "idle" for w in server.worker_stats()))
+        text = scrape(server)
+    states = {
+        dict(labels)["state"]: value
+        for (name, labels), value in samples(text).items()
+        if name == "sockherd_workers"
+    }
+    assert states == {"starting": 0, "idle": 2, "busy": 0, "stopping": 0}
+    assert total(text, "sockherd_workers_desired") == 2
+    assert total(text, "sockherd_worker_heartbeat_age_seconds") < 5
+
+
+def test_forked_children_exits_are_labelled_by_exit_code_and_signal():
+    server = make_server("forking")
+    with serving(server, poll_interval=0.05):
+        tcp_request(server.server_address, b"echo fine\n")
+        tcp_request(server.server_address, b"raise\n")
+        wait_until(lambda: not server.active_children)
+        text = scrape(server)
+    assert total(text, "sockherd_child_exits_total", kind="request", exit_code="0") == 1
+    assert total(text, "sockherd_child_exits_total", kind="request", exit_code="1") == 1
+
+
+@pytest.mark.parametrize("mode", ["forking", "prefork-accept"])
+def test_exposition_passes_promtool(mode):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package 'prometheus'; see .ci/run)")
+    server = make_server(mode)
+    with serving(server, poll_interval=0.05):
+        tcp_request(server.server_address, b"echo lint\n")
+        text = scrape(server)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == ""
+
+
+def test_a_slow_scraper_does_not_stall_the_server():
+    server = make_server("sync")  # the sync loop serves requests and scrapes alike
+    with serving(server, poll_interval=0.05):
+        port = metrics_port(server)
+        with socket.create_connection(("127.0.0.1", port)) as slow:
+            slow.sendall(b"GET /metr")  # and never finishes its request
+            for index in range(5):
+                assert tcp_request(server.server_address, b"echo %d\n" % index).endswith(
+                    b"%d\n" % index
+                )
+            assert "sockherd_requests_total" in scrape(server)
+
+
+def test_unknown_paths_and_methods_get_clear_http_errors():
+    server = make_server("sync")
+    with serving(server, poll_interval=0.05):
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            scrape(server, "/nope")
+        assert missing.value.code == 404
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{metrics_port(server)}/metrics", data=b"x", method="POST"
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 405
+        missing.value.close()
+        refused.value.close()
+
+
+def test_metrics_port_in_use_is_reported_with_the_port():
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        server = sockherd.TCPServer(("127.0.0.1", 0), Commands)
+        server.metrics_address = ("127.0.0.1", port)
+        try:
+            with pytest.raises(sockherd.BindError, match=f"127.0.0.1 port {port}.*in use"):
+                server.serve_forever()
+        finally:
+            server.server_close()
+
+
+def test_importing_sockherd_does_not_import_the_exposition_module():
+    code = (
+        "import sys, sockherd; "
+        "print('prometheus_client.exposition' in sys.modules, 'prometheus_client' in sys.modules)"
+    )
+    result = subprocess.run(
+        [os.sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    assert result.stdout.split() == ["False", "False"]
+
+
+# --- a real Prometheus server ------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def prometheus_query(port: int, query: str) -> list:
+    url = f"http://127.0.0.1:{port}/api/v1/query?query={urllib.request.quote(query)}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())["data"]["result"]
+
+
+@pytest.mark.timeout(120)
+def test_a_real_prometheus_scrapes_the_request_count():
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus is not installed (Debian package 'prometheus'; see .ci/run)")
+    server = make_server("prefork-dispatch")
+    with serving(server, poll_interval=0.05), tempfile.TemporaryDirectory() as workdir:
+        for index in range(12):
+            tcp_request(server.server_address, b"echo %d\n" % index)
+        with open(os.path.join(PROJECT_ROOT, "docker", "prometheus.yml")) as template:
+            config = template.read().replace("sockherd:9100", f"127.0.0.1:{metrics_port(server)}")
+        config = config.replace("scrape_interval: 5s", "scrape_interval: 1s")
+        config = config.replace("scrape_timeout: 4s", "scrape_timeout: 1s")
+        config_path = os.path.join(workdir, "prometheus.yml")
+        with open(config_path, "w") as file:
+            file.write(config)
+        port = free_port()
+        prometheus = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config_path}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                f"--storage.tsdb.path={os.path.join(workdir, 'data')}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+
+            def scraped_count():
+                with contextlib.suppress(OSError, KeyError, ValueError):
+                    result = prometheus_query(port, 'sum(sockherd_requests_total{job="sockherd"})')
+                    return result and float(result[0]["value"][1]) == 12
+                return False
+
+            wait_until(scraped_count, timeout=60, interval=0.25)
+        finally:
+            prometheus.terminate()
+            prometheus.wait(30)
