@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -202,7 +203,7 @@ def test_importing_sockherd_does_not_import_the_exposition_module():
         "print('prometheus_client.exposition' in sys.modules, 'prometheus_client' in sys.modules)"
     )
     result = subprocess.run(
-        [os.sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True
     )
     assert result.stdout.split() == ["False", "False"]
 
@@ -261,3 +262,14 @@ def test_a_real_prometheus_scrapes_the_request_count():
         finally:
             prometheus.terminate()
             prometheus.wait(30)
+
+
+def test_listen_backlog_and_queue_length_are_reported_on_linux():
+    if not sys.platform.startswith("linux"):
+        pytest.skip("TCP_INFO listen figures are Linux's")
+    server = make_server("sync")
+    with serving(server, poll_interval=0.05):
+        text = scrape(server)
+    with open("/proc/sys/net/core/somaxconn") as limit:
+        assert total(text, "sockherd_listen_backlog") == min(socket.SOMAXCONN, int(limit.read()))
+    assert total(text, "sockherd_listen_queue_length") == 0

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .._version import VERSION
-from ..supervisor.autoscaler import queued_connections
+from ..supervisor.autoscaler import listen_queue
 from ..workers.lifecycle import WorkerState
 from .request_stats import DURATION_BUCKETS, OUTCOMES
 
@@ -246,12 +246,20 @@ class ServerCollector:
         from prometheus_client.core import GaugeMetricFamily
 
         sock = getattr(self.server, "socket", None)
-        if sock is None or sock.fileno() < 0:
-            return
-        queue = GaugeMetricFamily(
+        queue = listen_queue(sock) if sock is not None else None
+        if queue is None:
+            return  # only Linux TCP listeners report it
+        waiting = GaugeMetricFamily(
             "sockherd_listen_queue_length",
             "Connections waiting in the listen backlog (Linux TCP only)",
             labels=["server"],
         )
-        queue.add_metric([label], queued_connections(sock))
-        yield queue
+        waiting.add_metric([label], queue[0])
+        yield waiting
+        backlog = GaugeMetricFamily(
+            "sockherd_listen_backlog",
+            "The listen backlog the kernel applies (Linux TCP only)",
+            labels=["server"],
+        )
+        backlog.add_metric([label], queue[1])
+        yield backlog

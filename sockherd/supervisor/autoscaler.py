@@ -66,14 +66,23 @@ class Autoscaler:
         return 0
 
 
-def queued_connections(listener: socket.socket) -> int:
-    """Connections waiting in a TCP listener's accept queue (Linux); 0 where unknown."""
+def listen_queue(listener: socket.socket) -> tuple[int, int] | None:
+    """(connections waiting in the accept queue, backlog) of a TCP listener; None where the
+    kernel does not tell (not Linux, not TCP)."""
     if not sys.platform.startswith("linux") or listener.type != socket.SOCK_STREAM:
-        return 0
-    if listener.family not in (socket.AF_INET, socket.AF_INET6):
-        return 0
+        return None
+    if listener.family not in (socket.AF_INET, socket.AF_INET6) or listener.fileno() < 0:
+        return None
     try:
         info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
     except OSError:
-        return 0
-    return int(struct.unpack_from("I", info, 24)[0])  # tcpi_unacked: the accept queue length
+        return None
+    # For a listening socket tcpi_unacked is the accept queue length, tcpi_sacked the backlog.
+    waiting, backlog = struct.unpack_from("II", info, 24)
+    return int(waiting), int(backlog)
+
+
+def queued_connections(listener: socket.socket) -> int:
+    """Connections waiting in a TCP listener's accept queue (Linux); 0 where unknown."""
+    queue = listen_queue(listener)
+    return queue[0] if queue else 0
