@@ -1,6 +1,6 @@
 """Serve the echo handler with one module's class for the benchmark.
 
-    python bench/serve_one.py MODULE MODE
+    python bench/serve_one.py MODULE MODE [METRICS_PORT]
 
 MODULE is socketserver or sockherd; MODE is sync, threading, forking, or (sockherd
 only) prefork-accept or prefork-dispatch with 4 workers.
@@ -26,7 +26,7 @@ CLASS_NAMES = {
 PREFORK_WORKERS = 4
 
 
-def main(module_name: str, mode: str) -> None:
+def main(module_name: str, mode: str, metrics_port: int | None = None) -> None:
     module = importlib.import_module(module_name)
     if mode.startswith("prefork-"):
         server = module.PreforkTCPServer(
@@ -34,9 +34,11 @@ def main(module_name: str, mode: str) -> None:
         )
     else:
         server = getattr(module, CLASS_NAMES[mode])(("127.0.0.1", 0), EchoHandler)
+    if metrics_port is not None:
+        server.metrics_address = ("127.0.0.1", metrics_port)
     print(server.server_address[1], flush=True)
     server.serve_forever()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None)

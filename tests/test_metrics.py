@@ -273,3 +273,25 @@ def test_listen_backlog_and_queue_length_are_reported_on_linux():
     with open("/proc/sys/net/core/somaxconn") as limit:
         assert total(text, "sockherd_listen_backlog") == min(socket.SOMAXCONN, int(limit.read()))
     assert total(text, "sockherd_listen_queue_length") == 0
+
+
+def test_serving_metrics_keeps_prometheus_client_out_of_the_forking_parent():
+    """Its import costs ~12 MB, which every fork() would copy page tables for."""
+    code = """
+import sys, threading, urllib.request
+import sockherd
+server = sockherd.ForkingTCPServer(("127.0.0.1", 0), sockherd.StreamRequestHandler)
+server.metrics_address = ("127.0.0.1", 0)
+loop = threading.Thread(target=server.serve_forever)
+loop.start()
+while server._sockherd_metrics is None:
+    pass
+port = server._sockherd_metrics.address[1]
+body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+server.shutdown(); loop.join(); server.server_close()
+print(b"sockherd_requests_total" in body, "prometheus_client" in sys.modules)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.split() == ["True", "False"], result.stderr

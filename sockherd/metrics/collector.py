@@ -1,4 +1,4 @@
-"""The custom prometheus_client collector: metric families built from server state at scrape.
+"""The collector: metric families built from a server's state at scrape time.
 
 Nothing here counts anything: the figures live where they are produced (the
 scoreboard for prefork workers, `request_stats` for sync/threading/forking,
@@ -18,6 +18,7 @@ from typing import Any
 from .._version import VERSION
 from ..supervisor.autoscaler import listen_queue
 from ..workers.lifecycle import WorkerState
+from .exposition import Family, counter, gauge, histogram, info, process_families
 from .request_stats import DURATION_BUCKETS, OUTCOMES
 
 REPORTED_STATES = (
@@ -39,15 +40,6 @@ def server_label(server: Any) -> str:
     return address.decode() if isinstance(address, bytes) else str(address)
 
 
-def _histogram_buckets(buckets: list[int]) -> list[tuple[str, float]]:
-    cumulative = 0
-    result: list[tuple[str, float]] = []
-    for bound, count in zip((*DURATION_BUCKETS, float("inf")), buckets, strict=True):
-        cumulative += count
-        result.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-    return result
-
-
 def _exit_labels(reason: str) -> tuple[str, str]:
     """("exit 3" | "signal SIGKILL") -> (exit_code, signal) label values."""
     kind, _, value = reason.partition(" ")
@@ -55,71 +47,58 @@ def _exit_labels(reason: str) -> tuple[str, str]:
 
 
 class ServerCollector:
-    """Collects one sockherd server's metrics (register it in a CollectorRegistry)."""
+    """Collects one sockherd server's metrics; `collect()` is called at each scrape."""
 
     def __init__(self, server: Any) -> None:
         self.server = server
 
-    def describe(self) -> list[Any]:
-        """Nothing to pre-describe (keeps registration free of a first collect())."""
-        return []
-
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterator[Family]:
         """Yield every metric family, read from the server's live state."""
-        from prometheus_client.core import (
-            CounterMetricFamily,
-            GaugeMetricFamily,
-            HistogramMetricFamily,
-            InfoMetricFamily,
-        )
-
         server = self.server
         label = server_label(server)
-        info = InfoMetricFamily("sockherd_build", "sockherd version and Python")
-        info.add_metric([], {"version": VERSION, "python": platform.python_version()})
-        yield info
+        yield info(
+            "sockherd_build",
+            "sockherd version and Python",
+            {"version": VERSION, "python": platform.python_version()},
+        )
 
         pool = getattr(server, "_sockherd_pool", None)
         if pool is not None:
             by_outcome, buckets, duration_sum = self._pool_requests(pool, label)
-            per_worker = by_outcome
         else:
             stats = server.request_stats
-            per_worker = None
             by_outcome = {(label, "", o): stats.by_outcome[o] for o in OUTCOMES}
             buckets, duration_sum = list(stats.buckets), stats.duration_sum
 
-        requests = CounterMetricFamily(
-            "sockherd_requests",
-            "Requests finished, by outcome (ok, error, timeout, aborted)",
-            labels=["server", "worker", "outcome"],
+        requests = counter(
+            "sockherd_requests", "Requests finished, by outcome (ok, error, timeout, aborted)"
         )
-        for (server_name, worker, outcome), value in (per_worker or by_outcome).items():
-            requests.add_metric([server_name, worker, outcome], value)
+        for (server_name, worker, outcome), value in by_outcome.items():
+            requests.add(
+                {"server": server_name, "worker": worker, "outcome": outcome}, value, "_total"
+            )
         yield requests
 
-        duration = HistogramMetricFamily(
+        yield histogram(
             "sockherd_request_duration_seconds",
             "Time from the start of a request to its end",
-            labels=["server"],
+            {"server": label},
+            DURATION_BUCKETS,
+            buckets,
+            duration_sum,
         )
-        duration.add_metric([label], _histogram_buckets(buckets), duration_sum)
-        yield duration
 
-        active = GaugeMetricFamily(
-            "sockherd_connections_active", "Requests in progress", labels=["server"]
-        )
-        active.add_metric([label], self._in_flight(pool))
+        active = gauge("sockherd_connections_active", "Requests in progress")
+        active.add({"server": label}, self._in_flight(pool))
         yield active
 
         backoff = getattr(server, "_sockherd_accept_backoff", None)
-        errors = CounterMetricFamily(
+        errors = counter(
             "sockherd_accept_errors",
             "Failed accept()/recvfrom() calls in the serving process, by errno",
-            labels=["server", "errno"],
         )
         for name, value in sorted((backoff.failures if backoff else {}).items()):
-            errors.add_metric([label, name], value)
+            errors.add({"server": label, "errno": name}, value, "_total")
         yield errors
 
         if pool is not None:
@@ -127,6 +106,7 @@ class ServerCollector:
         if hasattr(server, "child_exit_counts"):  # ForkingMixIn
             yield from self._forking_families(label)
         yield from self._listen_queue(label)
+        yield from process_families()
 
     # --- per mode -----------------------------------------------------------------------
 
@@ -159,107 +139,83 @@ class ServerCollector:
             return len(children)
         return int(self.server.request_stats.in_flight)
 
-    def _pool_families(self, pool: Any, label: str) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        workers = GaugeMetricFamily(
-            "sockherd_workers", "Worker processes by state", labels=["server", "state"]
-        )
+    def _pool_families(self, pool: Any, label: str) -> Iterator[Family]:
+        workers = gauge("sockherd_workers", "Worker processes by state")
         counts = dict.fromkeys(REPORTED_STATES, 0)
         for index in pool.workers:
             state = pool.scoreboard.state(index)
             if state in counts:
                 counts[state] += 1
         for state, value in counts.items():
-            workers.add_metric([label, state.name.lower()], value)
+            workers.add({"server": label, "state": state.name.lower()}, value)
         yield workers
 
-        desired = GaugeMetricFamily(
-            "sockherd_workers_desired", "Worker count the supervisor aims for", labels=["server"]
-        )
-        desired.add_metric([label], pool.desired)
+        desired = gauge("sockherd_workers_desired", "Worker count the supervisor aims for")
+        desired.add({"server": label}, pool.desired)
         yield desired
 
         now_monotonic, now_wall = time.monotonic(), time.time()
-        age = GaugeMetricFamily(
+        age = gauge(
             "sockherd_worker_heartbeat_age_seconds",
             "Seconds since each worker last proved it is alive",
-            labels=["server", "worker"],
         )
-        started = GaugeMetricFamily(
-            "sockherd_worker_start_time_seconds",
-            "Unix time each worker started",
-            labels=["server", "worker"],
-        )
+        started = gauge("sockherd_worker_start_time_seconds", "Unix time each worker started")
         for index in sorted(pool.workers):
             slot = pool.scoreboard.slots[index]
-            age.add_metric([label, str(index)], max(0.0, now_monotonic - slot.heartbeat))
-            started.add_metric([label, str(index)], now_wall - (now_monotonic - slot.started))
+            labels = {"server": label, "worker": str(index)}
+            age.add(labels, max(0.0, now_monotonic - slot.heartbeat))
+            started.add(labels, now_wall - (now_monotonic - slot.started))
         yield age
         yield started
 
-        restarts = CounterMetricFamily(
+        restarts = counter(
             "sockherd_worker_restarts",
             "Workers that ended, by reason (crashed, timeout, recycled, stopped, boot_failure)",
-            labels=["server", "reason"],
         )
         for reason, value in sorted(pool.restarts.items()):
-            restarts.add_metric([label, reason], value)
+            restarts.add({"server": label, "reason": reason}, value, "_total")
         yield restarts
 
-        exits = CounterMetricFamily(
-            "sockherd_child_exits",
-            "Reaped children by kind, exit code and signal",
-            labels=["server", "kind", "exit_code", "signal"],
-        )
-        for reason, value in sorted(pool.exit_counts.items()):
-            exits.add_metric([label, "worker", *_exit_labels(reason)], value)
-        yield exits
+        yield _exits_family(label, "worker", pool.exit_counts)
 
-        orphans = CounterMetricFamily(
-            "sockherd_orphans_reaped",
-            "Abandoned descendants reaped as PID 1 or child subreaper",
-            labels=["server"],
+        orphans = counter(
+            "sockherd_orphans_reaped", "Abandoned descendants reaped as PID 1 or child subreaper"
         )
-        orphans.add_metric([label], pool.orphans_reaped)
+        orphans.add({"server": label}, pool.orphans_reaped, "_total")
         yield orphans
 
-    def _forking_families(self, label: str) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
+    def _forking_families(self, label: str) -> Iterator[Family]:
         server = self.server
-        exits = CounterMetricFamily(
-            "sockherd_child_exits",
-            "Reaped children by kind, exit code and signal",
-            labels=["server", "kind", "exit_code", "signal"],
-        )
-        for reason, value in sorted(server.child_exit_counts.items()):
-            exits.add_metric([label, "request", *_exit_labels(reason)], value)
-        yield exits
-        limit = GaugeMetricFamily(
-            "sockherd_max_children", "ForkingMixIn.max_children", labels=["server"]
-        )
-        limit.add_metric([label], server.max_children)
+        yield _exits_family(label, "request", server.child_exit_counts)
+        limit = gauge("sockherd_max_children", "ForkingMixIn.max_children")
+        limit.add({"server": label}, server.max_children)
         yield limit
 
-    def _listen_queue(self, label: str) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
-
+    def _listen_queue(self, label: str) -> Iterator[Family]:
         sock = getattr(self.server, "socket", None)
         queue = listen_queue(sock) if sock is not None else None
         if queue is None:
             return  # only Linux TCP listeners report it
-        waiting = GaugeMetricFamily(
+        waiting = gauge(
             "sockherd_listen_queue_length",
             "Connections waiting in the listen backlog (Linux TCP only)",
-            labels=["server"],
         )
-        waiting.add_metric([label], queue[0])
+        waiting.add({"server": label}, queue[0])
         yield waiting
-        backlog = GaugeMetricFamily(
-            "sockherd_listen_backlog",
-            "The listen backlog the kernel applies (Linux TCP only)",
-            labels=["server"],
+        backlog = gauge(
+            "sockherd_listen_backlog", "The listen backlog the kernel applies (Linux TCP only)"
         )
-        backlog.add_metric([label], queue[1])
+        backlog.add({"server": label}, queue[1])
         yield backlog
+
+
+def _exits_family(label: str, kind: str, counts: dict[str, int]) -> Family:
+    exits = counter("sockherd_child_exits", "Reaped children by kind, exit code and signal")
+    for reason, value in sorted(counts.items()):
+        exit_code, signal_name = _exit_labels(reason)
+        exits.add(
+            {"server": label, "kind": kind, "exit_code": exit_code, "signal": signal_name},
+            value,
+            "_total",
+        )
+    return exits

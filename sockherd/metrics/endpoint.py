@@ -4,10 +4,8 @@ A tiny non-blocking HTTP/1.0 server: its listening socket and every scrape
 connection are wake sources of the serve loop, so a scrape never blocks the
 loop, and a slow or malicious scraper costs one fd until `CLIENT_DEADLINE`.
 At most `MAX_CLIENTS` scrapes are served at once; further connections are
-closed at once.  Requests: `GET /metrics` (text format 0.0.4, or OpenMetrics
-when the scraper asks for it), `GET /` (a pointer to /metrics); anything else
-gets 404 or 405.  prometheus_client's exposition module is imported at the
-first scrape, never when sockherd is imported.
+closed at once.  Requests: `GET /metrics` (text format 0.0.4, see
+`exposition`), `GET /` (a pointer to /metrics); anything else gets 404 or 405.
 """
 
 from __future__ import annotations
@@ -18,6 +16,8 @@ import socket
 import time
 from collections.abc import Callable
 from typing import Any
+
+from .exposition import CONTENT_TYPE, render
 
 log = logging.getLogger(__name__)
 
@@ -36,36 +36,24 @@ class _Client:
         self.deadline = time.monotonic() + CLIENT_DEADLINE
 
 
-def build_registry(server: Any) -> Any:
-    """A registry holding the server's collector and the process/platform/GC collectors."""
-    from prometheus_client import (
-        CollectorRegistry,
-        GCCollector,
-        PlatformCollector,
-        ProcessCollector,
-    )
-
+def build_collectors(server: Any) -> list[Any]:
+    """What a scrape of `server` reads: its own collector (plus, later, user metrics)."""
     from .collector import ServerCollector
 
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServerCollector(server))
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
-    return registry
+    return [ServerCollector(server)]
 
 
 class MetricsEndpoint:
-    """Serves `registry` over HTTP on `address`, driven by wake sources of a serve loop."""
+    """Serves the `collectors` over HTTP on `address`, driven by wake sources of a serve loop."""
 
     def __init__(
         self,
         address: tuple[str, int],
-        registry: Any,
+        collectors: list[Any],
         add_source: Callable[..., None],
         remove_source: Callable[[int], None],
     ) -> None:
-        self.registry = registry
+        self.collectors = collectors
         self._add_source = add_source
         self._remove_source = remove_source
         self._clients: dict[int, _Client] = {}
@@ -147,11 +135,8 @@ class MetricsEndpoint:
             self._respond(fd, client, 404, "text/plain", b"not found: try /metrics\n")
 
     def render(self, accept: str) -> tuple[bytes, str]:
-        """The exposition body and its content type for an Accept header."""
-        from prometheus_client.exposition import choose_encoder
-
-        encoder, content_type = choose_encoder(accept)
-        return encoder(self.registry), content_type
+        """The exposition body (text format 0.0.4, whatever `accept` asks) and its type."""
+        return render(f for c in self.collectors for f in c.collect()), CONTENT_TYPE
 
     def _respond(
         self, fd: int, client: _Client, status: int, content_type: str, body: bytes

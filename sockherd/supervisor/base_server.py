@@ -377,11 +377,11 @@ class BaseServer:
     def _sockherd_open_metrics(self) -> MetricsEndpoint | None:
         if self.metrics_address is None:
             return None
-        from ..metrics.endpoint import MetricsEndpoint, build_registry
+        from ..metrics.endpoint import MetricsEndpoint, build_collectors
 
         self._sockherd_metrics = MetricsEndpoint(
             self.metrics_address,
-            build_registry(self),
+            build_collectors(self),
             self._sockherd_add_wake_source,
             self._sockherd_remove_wake_source,
         )
