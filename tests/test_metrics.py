@@ -295,3 +295,79 @@ print(b"sockherd_requests_total" in body, "prometheus_client" in sys.modules)
         [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.stdout.split() == ["True", "False"], result.stderr
+
+
+USER_METRICS_SCENARIO = """
+import json, os, socket, sys, threading, time, urllib.request
+import prometheus_client                       # after PROMETHEUS_MULTIPROC_DIR is set
+import sockherd
+
+HANDLED = prometheus_client.Counter("handled", "Requests a handler saw", ["path"])
+SIZES = prometheus_client.Histogram("request_size_bytes", "Sizes", buckets=(1, 10, 100))
+
+class Counting(sockherd.StreamRequestHandler):
+    def handle(self):
+        line = self.rfile.readline()
+        HANDLED.labels(path="/echo").inc()
+        SIZES.observe(len(line))
+        self.wfile.write(line)
+
+mode = sys.argv[1]
+if mode == "prefork":
+    server = sockherd.PreforkTCPServer(("127.0.0.1", 0), Counting, workers=2, max_requests=7)
+else:
+    server = sockherd.ForkingTCPServer(("127.0.0.1", 0), Counting)
+server.metrics_address = ("127.0.0.1", 0)
+loop = threading.Thread(target=server.serve_forever, args=(0.05,))
+loop.start()
+while server._sockherd_metrics is None:
+    time.sleep(0.01)
+port = server._sockherd_metrics.address[1]
+
+def scrape():
+    began = time.perf_counter()
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return body, 1000 * (time.perf_counter() - began)
+
+for index in range(60):
+    with socket.create_connection(server.server_address, timeout=10) as client:
+        client.sendall(b"x" * index + b"\\n")
+        client.shutdown(socket.SHUT_WR)
+        client.recv(1000)
+deadline = time.monotonic() + 10
+while mode == "forking" and server.active_children and time.monotonic() < deadline:
+    time.sleep(0.01)
+body, took = scrape()
+files = sorted(os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+server.shutdown(); loop.join(); server.server_close()
+handled = [l for l in body.splitlines() if l.startswith("handled_total{")]
+count = [l for l in body.splitlines() if l.startswith("request_size_bytes_count")]
+print(json.dumps({"handled": handled, "count": count, "files": files, "ms": took}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["forking", "prefork"])
+def test_handlers_using_prometheus_client_multiprocess_mode_are_counted_and_compacted(mode):
+    with tempfile.TemporaryDirectory() as directory:
+        with open(os.path.join(directory, "counter_99999.db"), "wb"):
+            pass  # a stale file from an earlier run: wiped at start
+        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=directory)
+        result = subprocess.run(
+            [sys.executable, "-c", USER_METRICS_SCENARIO, mode],
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["handled"] == ['handled_total{path="/echo"} 60.0']
+    assert report["count"] == ["request_size_bytes_count 60.0"]
+    if mode == "forking":  # every child's files were folded into the archives
+        assert report["files"] == [
+            "counter_archive.db",
+            "histogram_archive.db",
+            "summary_archive.db",
+        ]
+    print(f"\n{mode}: {len(report['files'])} files after 60 requests, scrape {report['ms']:.2f} ms")

@@ -41,6 +41,7 @@ from .wakeup import WakeupPipe
 
 if TYPE_CHECKING:
     from ..metrics.endpoint import MetricsEndpoint
+    from ..metrics.user_multiprocess import UserMetrics
 
 # poll/select rather than epoll/kqueue: no extra fd and a single syscall per wait,
 # as CPython chose.  poll has no FD_SETSIZE limit.
@@ -110,6 +111,7 @@ class BaseServer:
     _sockherd_loop_wait: LoopWait | None = None
     _sockherd_request_stats: RequestStats | None = None
     _sockherd_metrics: MetricsEndpoint | None = None
+    _sockherd_user_metrics: UserMetrics | None = None
 
     def __init__(self, server_address: Any, RequestHandlerClass: Any) -> None:
         """Constructor.  May be extended, do not override."""
@@ -378,10 +380,16 @@ class BaseServer:
         if self.metrics_address is None:
             return None
         from ..metrics.endpoint import MetricsEndpoint, build_collectors
+        from ..metrics.user_multiprocess import UserMetrics, multiprocess_directory
 
+        collectors = build_collectors(self)
+        directory = multiprocess_directory()
+        if directory:
+            self._sockherd_user_metrics = UserMetrics(directory)
+            collectors.append(self._sockherd_user_metrics)
         self._sockherd_metrics = MetricsEndpoint(
             self.metrics_address,
-            build_collectors(self),
+            collectors,
             self._sockherd_add_wake_source,
             self._sockherd_remove_wake_source,
         )
@@ -392,6 +400,15 @@ class BaseServer:
         if metrics is not None:
             self._sockherd_metrics = None
             metrics.close()
+        user_metrics = self._sockherd_user_metrics
+        if user_metrics is not None:
+            self._sockherd_user_metrics = None
+            user_metrics.close()
+
+    def _sockherd_child_reaped(self, pid: int) -> None:
+        """Every reaped child passes here (request children, workers, orphans)."""
+        if self._sockherd_user_metrics is not None:
+            self._sockherd_user_metrics.child_exited(pid)
 
     def _sockherd_add_wake_source(
         self, fd: int, callback: Callable[[], None], writable: bool = False

@@ -230,6 +230,8 @@ class ForkingMixIn:
                 )
         if watch is not None:
             self._sockherd_unwatch(watch)
+        if status is not None:
+            self._sockherd_child_reaped(pid)  # type: ignore[attr-defined]
         if self.active_children is not None:
             self.active_children.discard(pid)
 

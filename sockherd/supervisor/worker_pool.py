@@ -218,6 +218,7 @@ class WorkerPool:
         if state == WorkerState.BUSY:
             lost = "timeouts" if handle.abort_sent_at is not None else "aborted"
         self.scoreboard.release(handle.index, lost)
+        self.server._sockherd_child_reaped(pid)
         if handle.stop_sent or self.stopping:
             self.restarts["stopped"] += 1  # told to stop, whether or not it had booted
         elif not handle.ready:
@@ -266,6 +267,7 @@ class WorkerPool:
             handle = by_pid.get(pid)
             if handle is None:
                 self.orphans_reaped += 1
+                self.server._sockherd_child_reaped(pid)
                 log.debug("reaped orphan pid %d (%s)", pid, describe_wait_status(status))
                 continue
             code = os.waitstatus_to_exitcode(status)
