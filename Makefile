@@ -37,6 +37,7 @@ test-all: test test-others
 ## make bench: sockherd's classes against CPython's, side by side, with ratios.
 bench: $(STAMP)
 	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/metrics_cost.py
 
 ## make lint: ruff (lint and format check) and mypy.
 lint: $(STAMP)

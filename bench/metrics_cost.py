@@ -6,7 +6,9 @@
    load), for the forking and prefork (accept) modes, alternating off/on for R rounds
    and reporting the median ratio.
 2. Scrape time after 10,000 fork-per-request children: a ForkingTCPServer with
-   metrics serves 10,000 requests, then /metrics is fetched 20 times.
+   metrics serves 10,000 requests, then /metrics is fetched 20 times; once with
+   the echo handler, once with a handler that counts with prometheus_client's
+   multiprocess mode (whose per-pid files sockherd folds at each reap).
 All traffic is on 127.0.0.1; every loop is bounded in count and time.
 """
 
@@ -18,6 +20,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -70,17 +73,21 @@ def throughput(mode: str, requests: int, metrics: bool) -> float:
     return requests / elapsed
 
 
-def scrape_after_children(children: int) -> tuple[float, float]:
+def scrape_after_children(children: int, mode: str = "forking") -> tuple[float, float]:
     port = free_port()
-    args = [sys.executable, os.path.join(HERE, "serve_one.py"), "sockherd", "forking", str(port)]
-    server = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-    try:
-        listen_port = int(server.stdout.readline())
-        run_load(listen_port, children, 4)
-        timings = [scrape_ms(port) for _ in range(20)]
-    finally:
-        server.terminate()
-        server.wait(10)
+    args = [sys.executable, os.path.join(HERE, "serve_one.py"), "sockherd", mode, str(port)]
+    with tempfile.TemporaryDirectory() as directory:
+        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=directory)
+        if mode == "forking":
+            env.pop("PROMETHEUS_MULTIPROC_DIR")
+        server = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
+        try:
+            listen_port = int(server.stdout.readline())
+            run_load(listen_port, children, 4)
+            timings = [scrape_ms(port) for _ in range(20)]
+        finally:
+            server.terminate()
+            server.wait(10)
     return statistics.median(timings), max(timings)
 
 
@@ -98,8 +105,13 @@ def main() -> None:
             ratios.append(on / off)
             print(f"{mode:15} off {off:8.0f} req/s   on {on:8.0f} req/s   on/off x{on / off:.3f}")
         print(f"{mode:15} median on/off x{statistics.median(ratios):.3f}")
-    median, worst = scrape_after_children(10_000)
-    print(f"\n# scrape after 10,000 forked children: median {median:.2f} ms, max {worst:.2f} ms")
+    print()
+    for mode in ("forking", "forking-user-metrics"):
+        median, worst = scrape_after_children(10_000, mode)
+        print(
+            f"# scrape after 10,000 forked children ({mode}): "
+            f"median {median:.2f} ms, max {worst:.2f} ms"
+        )
 
 
 if __name__ == "__main__":
