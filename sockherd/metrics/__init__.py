@@ -1,2 +1,5 @@
-"""What Prometheus reads.  Empty until the metrics issue; the servers already keep the raw
-figures it will export: `ForkingMixIn.child_exit_counts` and the accept failure counts."""
+"""What Prometheus reads: request figures, the collector, the exposition and the endpoint.
+
+Servers get a /metrics endpoint by setting `metrics_address` (see `endpoint`); nothing
+here is imported until then, and prometheus_client only in its multiprocess mode.
+"""
