@@ -371,3 +371,28 @@ def test_handlers_using_prometheus_client_multiprocess_mode_are_counted_and_comp
             "summary_archive.db",
         ]
     print(f"\n{mode}: {len(report['files'])} files after 60 requests, scrape {report['ms']:.2f} ms")
+
+
+@pytest.mark.parametrize("mode", ["forking", "prefork-accept"])
+def test_a_request_whose_process_is_killed_counts_as_aborted(mode):
+    server = make_server(mode)
+    with serving(server, poll_interval=0.05):
+        client = socket.create_connection(server.server_address, timeout=10)
+        client.sendall(b"hang\n")
+        if mode == "forking":
+            busy = wait_until(lambda: server.active_children)
+            pid = next(iter(busy))
+        else:
+            pid = wait_until(
+                lambda: [w["pid"] for w in server.worker_stats() if w["state"] == "busy"]
+            )[0]
+        os.kill(pid, signal.SIGKILL)
+        assert client.recv(100) == b""
+        client.close()
+        if mode == "forking":
+            wait_until(lambda: not server.active_children)
+        else:
+            wait_until(lambda: server._sockherd_pool.restarts["crashed"] == 1)
+        text = scrape(server)
+    assert total(text, "sockherd_requests_total", outcome="aborted") == 1
+    assert total(text, "sockherd_requests_total") == 1
