@@ -387,8 +387,8 @@ def test_a_request_whose_process_is_killed_counts_as_aborted(mode):
                 lambda: [w["pid"] for w in server.worker_stats() if w["state"] == "busy"]
             )[0]
         os.kill(pid, signal.SIGKILL)
-        assert client.recv(100) == b""
-        client.close()
+        with client, contextlib.suppress(ConnectionResetError):
+            assert client.recv(100) == b""  # EOF, or a reset: no answer either way
         if mode == "forking":
             wait_until(lambda: not server.active_children)
         else:

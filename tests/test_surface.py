@@ -75,7 +75,13 @@ SOCKET_SERVERS = [
     name for name in CPYTHON_313_ALL if name.endswith("Server") and name != "BaseServer"
 ]
 # Public class attributes sockherd adds on purpose (documented in the mix-in docstrings).
-SOCKHERD_EXTRA_ATTRIBUTES = {"close_timeout", "child_exit_counts"}
+SOCKHERD_EXTRA_ATTRIBUTES = {
+    "close_timeout",
+    "child_exit_counts",
+    "metrics_address",
+    "metrics_name",
+    "request_stats",
+}
 # Private methods that subclasses override or call (odoo, test_socketserver).
 RELIED_ON_PRIVATE_METHODS = ("_handle_request_noblock",)
 RELIED_ON_DUNDER_METHODS = ("__init__", "__enter__", "__exit__")
