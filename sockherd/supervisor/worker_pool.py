@@ -27,6 +27,8 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import select
+import selectors
 import signal
 import socket
 import time
@@ -59,6 +61,7 @@ class WorkerHandle:
     owns_exit_fd: bool
     generation: int
     ready: bool = False
+    talking: bool = True  # False once its channel reported EOF (the worker is exiting)
     stop_sent: bool = False
     abort_sent_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -170,6 +173,7 @@ class WorkerPool:
         except OSError:
             data = b""
         if not data:
+            handle.talking = False
             self.server._sockherd_remove_wake_source(handle.channel.fileno())
             return
         for event in data:
@@ -463,14 +467,12 @@ class WorkerPool:
 
     def _wait_for_exits(self, timeout: float | None, messages: bool = False) -> None:
         """Wait for worker exits (and, with `messages`, ready/idle events) and handle them."""
-        import selectors
-
         with selectors.PollSelector() as selector:
             for handle in self.workers.values():
                 selector.register(
                     handle.exit_fd, selectors.EVENT_READ, (self.on_exit, handle.index)
                 )
-                if messages and not handle.channel._closed:  # type: ignore[attr-defined]
+                if messages and handle.talking:
                     selector.register(
                         handle.channel, selectors.EVENT_READ, (self.on_message, handle.index)
                     )
@@ -490,8 +492,6 @@ class WorkerPool:
 
 
 def _readable(sock: socket.socket) -> bool:
-    import select
-
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     return bool(poller.poll(0))
