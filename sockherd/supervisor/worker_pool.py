@@ -368,6 +368,7 @@ class WorkerPool:
     def stop_worker(self, handle: WorkerHandle) -> None:
         """Ask one worker to finish its request and exit (SIGTERM)."""
         handle.stop_sent = True
+        self.scoreboard.slots[handle.index].stop = 1
         try:
             self.idle.remove(handle.index)
         except ValueError:
@@ -425,6 +426,7 @@ class WorkerPool:
             self._dispatch_backlog(deadline)
         for handle in list(self.workers.values()):
             handle.stop_sent = True
+            self.scoreboard.slots[handle.index].stop = 1
             _signal(handle.process.pid, signal.SIGTERM if graceful else signal.SIGKILL)
         while self.workers and time.monotonic() < deadline:
             self._wait_for_exits(deadline - time.monotonic())

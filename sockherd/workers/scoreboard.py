@@ -3,8 +3,9 @@
 It is an anonymous shared mapping created by the supervisor before its first fork,
 so every worker inherits it; no file, no fd, nothing to clean up.  A slot is
 written by its owner only: the worker writes its state, heartbeat and request
-figures, the supervisor writes pid/generation/start time before the fork and
-marks the slot dead after reaping it (see `lifecycle`).  On release the
+figures, the supervisor writes pid/generation/start time before the fork, the
+`stop` request while the worker lives, and marks the slot dead after reaping
+it (see `lifecycle`).  On release the
 supervisor folds the slot's figures into `folded[index]`, in its own memory,
 so per-slot counters stay monotonic across worker restarts and reloads.
 """
@@ -28,6 +29,7 @@ class Slot(ctypes.Structure):
     _fields_ = [
         ("state", ctypes.c_int32),
         ("generation", ctypes.c_int32),
+        ("stop", ctypes.c_int32),  # written by the supervisor: finish the request, then exit
         ("pid", ctypes.c_int64),
         ("started", ctypes.c_double),
         ("heartbeat", ctypes.c_double),
@@ -96,6 +98,7 @@ class Scoreboard:
             if self.slots[index].state == WorkerState.FREE:
                 slot = self.slots[index]
                 slot.generation = generation
+                slot.stop = 0
                 slot.pid = 0
                 slot.started = time.monotonic()
                 self.set_state(index, WorkerState.STARTING)

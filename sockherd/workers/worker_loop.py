@@ -19,7 +19,8 @@ Hand-off modes:
 * **dispatch**: the supervisor accepts and passes each connection over the
   channel (SCM_RIGHTS); the worker waits on the channel and a self-pipe.
 
-SIGTERM asks the worker to stop after the request in hand.  When the whole
+The supervisor asks a worker to stop after the request in hand by setting its
+slot's `stop` flag and sending SIGTERM (which interrupts a blocking call).  When the whole
 server stops (the scoreboard's `draining` flag), an accept-mode worker first
 serves what is already queued in the listen backlog.
 """
@@ -144,7 +145,9 @@ class Worker:
             return True
         if os.getppid() != self.parent_pid:
             return True
-        return self.stopping
+        # The scoreboard flag, not only SIGTERM's handler: a Python signal handler may
+        # never run in a child forked from a non-main thread (seen on CPython 3.13.0).
+        return self.stopping or bool(self.scoreboard.slots[self.index].stop)
 
     def accept_loop(self) -> None:
         """accept mode: block in get_request() on the shared listener, one request at a time."""
