@@ -393,32 +393,33 @@ def become_subreaper() -> bool:
         return False
 
 
-class PreforkTCPServer(PreforkMixIn, TCPServer):
-    """A TCP server whose requests are served by a supervised pool of worker processes."""
+def _init_with_settings(socket_server: type) -> Any:
+    """The constructor of a Prefork*Server: the socket server's, plus keyword settings."""
 
     def __init__(
-        self,
+        self: Any,
         server_address: Any,
         RequestHandlerClass: Any,
         bind_and_activate: bool = True,
         **settings: Any,
     ) -> None:
+        """Like the socket server's constructor; `settings` are PreforkMixIn settings."""
         self._sockherd_configure(settings)
-        TCPServer.__init__(self, server_address, RequestHandlerClass, bind_and_activate)
+        socket_server.__init__(self, server_address, RequestHandlerClass, bind_and_activate)  # type: ignore[misc]
+
+    return __init__
+
+
+class PreforkTCPServer(PreforkMixIn, TCPServer):
+    """A TCP server whose requests are served by a supervised pool of worker processes."""
+
+    __init__ = _init_with_settings(TCPServer)
 
 
 class PreforkUDPServer(PreforkMixIn, UDPServer):
     """A UDP server whose workers all read the shared datagram socket."""
 
-    def __init__(
-        self,
-        server_address: Any,
-        RequestHandlerClass: Any,
-        bind_and_activate: bool = True,
-        **settings: Any,
-    ) -> None:
-        self._sockherd_configure(settings)
-        UDPServer.__init__(self, server_address, RequestHandlerClass, bind_and_activate)
+    __init__ = _init_with_settings(UDPServer)
 
 
 if hasattr(socket, "AF_UNIX"):
@@ -427,27 +428,9 @@ if hasattr(socket, "AF_UNIX"):
     class PreforkUnixStreamServer(PreforkMixIn, UnixStreamServer):
         """A Unix stream server served by a supervised pool of worker processes."""
 
-        def __init__(
-            self,
-            server_address: Any,
-            RequestHandlerClass: Any,
-            bind_and_activate: bool = True,
-            **settings: Any,
-        ) -> None:
-            self._sockherd_configure(settings)
-            UnixStreamServer.__init__(self, server_address, RequestHandlerClass, bind_and_activate)
+        __init__ = _init_with_settings(UnixStreamServer)
 
     class PreforkUnixDatagramServer(PreforkMixIn, UnixDatagramServer):
         """A Unix datagram server whose workers all read the shared socket."""
 
-        def __init__(
-            self,
-            server_address: Any,
-            RequestHandlerClass: Any,
-            bind_and_activate: bool = True,
-            **settings: Any,
-        ) -> None:
-            self._sockherd_configure(settings)
-            UnixDatagramServer.__init__(
-                self, server_address, RequestHandlerClass, bind_and_activate
-            )
+        __init__ = _init_with_settings(UnixDatagramServer)
