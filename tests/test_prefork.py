@@ -207,7 +207,8 @@ def test_hung_handler_is_aborted_with_a_traceback_then_replaced(capfd, caplog):
 def test_worker_boot_failure_backs_off_instead_of_spinning(caplog):
     server = BrokenSetupServer(("127.0.0.1", 0), Commands, workers=2)
     with serving(server):
-        wait_until(lambda: server._sockherd_pool.restarts["boot_failure"] >= 4, timeout=10)
+        pool = wait_until(lambda: server._sockherd_pool)  # set once serve_forever() runs
+        wait_until(lambda: pool.restarts["boot_failure"] >= 4, timeout=10)
     delays = [
         record.getMessage().rsplit("next start in ", 1)[1]
         for record in caplog.records
