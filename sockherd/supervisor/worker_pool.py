@@ -32,7 +32,7 @@ import selectors
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..workers.fd_passing import send_connection
@@ -64,7 +64,6 @@ class WorkerHandle:
     talking: bool = True  # False once its channel reported EOF (the worker is exiting)
     stop_sent: bool = False
     abort_sent_at: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class WorkerPool:
