@@ -23,6 +23,7 @@ import socket
 import sys
 from typing import Any
 
+from .config import OPTIONS, ConfigError, environment, resolve
 from .supervisor.control import ControlError, send_command
 from .supervisor.listen_fds import ListenFdsError, adopt_socket, inherited_socket, systemd_sockets
 
@@ -120,21 +121,22 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a socketserver request handler")
     serve.add_argument("handler", help="MODULE:CLASS of a socketserver request handler")
+    # Defaults are None here: unset flags fall back to SOCKHERD_* variables, then
+    # --config, then the defaults in sockherd.config.
+    serve.add_argument("--bind", help="HOST:PORT, unix:/path, fd:N or systemd")
+    serve.add_argument("--mode", choices=MODES)
     serve.add_argument(
-        "--bind", default="127.0.0.1:8000", help="HOST:PORT, unix:/path, fd:N or systemd"
+        "--udp", action="store_const", const=True, help="serve datagrams instead of streams"
     )
-    serve.add_argument("--mode", choices=MODES, default="forking")
-    serve.add_argument("--udp", action="store_true", help="serve datagrams instead of streams")
     serve.add_argument("--workers", type=int, help="prefork: worker processes (default: CPUs)")
-    serve.add_argument("--handoff", choices=("accept", "dispatch"), default="accept")
-    serve.add_argument("--max-requests", type=int, default=0, help="prefork: recycle after N")
-    serve.add_argument(
-        "--graceful-timeout", type=float, default=30.0, help="prefork: seconds to finish requests"
-    )
+    serve.add_argument("--handoff", choices=("accept", "dispatch"))
+    serve.add_argument("--max-requests", type=int, help="prefork: recycle after N")
+    serve.add_argument("--graceful-timeout", type=float, help="prefork: seconds to finish requests")
     serve.add_argument("--control", help="prefork: path of a Unix control socket (mode 0600)")
     serve.add_argument(
         "--metrics", help="serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9100)"
     )
+    serve.add_argument("--config", help="a TOML file of settings (flags and SOCKHERD_* win)")
     ctl = commands.add_parser("ctl", help="send a command to a running prefork supervisor")
     ctl.add_argument("--control", required=True, help="the supervisor's control socket path")
     ctl.add_argument("words", nargs="+", help="status | scale N | reload | stop")
@@ -209,15 +211,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ctl":
         return control_client(args.control, " ".join(args.words))
     try:
+        flags = {name: getattr(args, name) for name in OPTIONS}
+        options = resolve(flags, environment(), args.config)
         settings = {
-            "workers": args.workers,
-            "handoff": args.handoff,
-            "max_requests": args.max_requests,
-            "graceful_timeout": args.graceful_timeout,
-            "control_socket": args.control,
+            "workers": options["workers"],
+            "handoff": options["handoff"],
+            "max_requests": options["max_requests"],
+            "graceful_timeout": options["graceful_timeout"],
+            "control_socket": options["control"],
         }
-        return serve(args.handler, args.bind, args.mode, args.udp, settings, args.metrics)
-    except (UsageError, ControlError, ListenFdsError) as error:
+        return serve(
+            args.handler,
+            options["bind"],
+            options["mode"],
+            options["udp"],
+            settings,
+            options["metrics"],
+        )
+    except (UsageError, ControlError, ListenFdsError, ConfigError) as error:
         print(f"sockherd: {error}", file=sys.stderr)
         return 2
     except OSError as error:
