@@ -39,11 +39,14 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python bench/metrics_cost.py
 
-## make lint: ruff (lint and format check) and mypy.
+## make lint: ruff (lint and format check), mypy, hadolint on the Dockerfile and
+## kubernetes-validate on the manifests.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sockherd tests bench
 	$(VENV)/bin/ruff format --check sockherd tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint docker/Dockerfile
+	$(VENV)/bin/kubernetes-validate --quiet docker/k8s/*.yaml
 
 clean:
 	rm -rf .venv .venv-* .pytest_cache .mypy_cache .ruff_cache build *.egg-info
