@@ -79,7 +79,9 @@ class WorkerPool:
         self.scoreboard = Scoreboard(2 * self.max_workers)  # room for a reload's new generation
         self.generation = 0
         self.workers: dict[int, WorkerHandle] = {}
+        # Dispatch mode only: idle workers in the order they became idle (LRU first).
         self.idle: collections.deque[int] = collections.deque()
+        self.dispatching = server._sockherd_handoff() == "dispatch"
         self.exit_counts: collections.Counter[str] = collections.Counter()
         self.restarts: collections.Counter[str] = collections.Counter()
         self.boot_failures = 0
@@ -179,9 +181,7 @@ class WorkerPool:
             if event == READY[0]:
                 handle.ready = True
                 self.boot_failures = 0
-                if not handle.stop_sent:
-                    self.idle.append(index)
-            elif event == IDLE[0] and not handle.stop_sent:
+            if event in (READY[0], IDLE[0]) and self.dispatching and not handle.stop_sent:
                 self.idle.append(index)
 
     def on_exit(self, index: int) -> None:
@@ -353,7 +353,11 @@ class WorkerPool:
             if self.boot_failures:
                 break  # after a boot failure start one at a time, each after the back-off
         if missing < 0:
-            surplus = sorted(current, key=lambda h: (h.index not in self.idle, -h.index))
+            # Stop idle workers first (the scoreboard knows), newest slots first.
+            surplus = sorted(
+                current,
+                key=lambda h: (self.scoreboard.state(h.index) != WorkerState.IDLE, -h.index),
+            )
             for handle in surplus[:-missing]:
                 self.stop_worker(handle)
         # Rolling reload: stop one old worker for each new one that is ready.
