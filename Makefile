@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIND ?= 127.0.0.1:8000
 METRICS ?= 127.0.0.1:9100
+CONTROL ?= /tmp/sockherd-make-run.sock
 PYTEST_ARGS ?=
 
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
@@ -16,11 +17,13 @@ $(STAMP): pyproject.toml
 	@./.ci/make-venv "$(PYTHON)" "$(VENV)"
 	@touch $@
 
-## make run: the bundled echo service on $(BIND), served by a supervised prefork pool,
-## with Prometheus metrics on http://$(METRICS)/metrics.
+## make run: the bundled HTTP example on $(BIND), served by a supervised prefork pool,
+## with Prometheus metrics on http://$(METRICS)/metrics and a control socket at $(CONTROL).
 run: $(STAMP)
-	$(VENV)/bin/sockherd serve sockherd.examples.echo:EchoHandler --bind $(BIND) --mode prefork \
-		--metrics $(METRICS)
+	@echo "make run: try  curl http://$(BIND)/  and  curl http://$(METRICS)/metrics"
+	@echo "          and  $(VENV)/bin/sockherd ctl --control $(CONTROL) status   (Ctrl-C stops)"
+	$(VENV)/bin/sockherd serve sockherd.examples.hello_http:HelloHandler --bind $(BIND) \
+		--mode prefork --metrics $(METRICS) --control $(CONTROL)
 
 ## make test: the whole suite on the default python3 (installs promtool/prometheus if it can).
 test: $(STAMP)
@@ -34,10 +37,17 @@ test-others:
 ## make test-all: both of the above.
 test-all: test test-others
 
-## make bench: sockherd's classes against CPython's, side by side, with ratios.
+## make bench: sockherd against CPython's socketserver, a hand-written prefork and gunicorn,
+## interleaved rounds, medians and ratios in bench/results/latest.{md,csv} (~11 min on 2 cores).
+## make bench-quick (or make bench ARGS=--quick): only the targets' cells, under 2 minutes.
 bench: $(STAMP)
-	$(VENV)/bin/python bench/run.py
-	$(VENV)/bin/python bench/metrics_cost.py
+	@./bench/setup "$(VENV)"
+	$(VENV)/bin/python bench/run.py $(ARGS)
+
+.PHONY: bench-quick
+bench-quick: $(STAMP)
+	@./bench/setup "$(VENV)"
+	$(VENV)/bin/python bench/run.py --quick $(ARGS)
 
 ## make lint: ruff (lint and format check), mypy, hadolint on the Dockerfile and
 ## kubernetes-validate on the manifests.

@@ -1,209 +1,193 @@
-"""Benchmark: sockherd's socketserver classes against CPython's, side by side in one run.
+"""Benchmark: sockherd against CPython's socketserver, a hand-written prefork and gunicorn.
 
-    python bench/run.py [--requests N] [--concurrency C]
+    python bench/run.py [--quick] [--rounds R] [--duration S] [--workers N] [--out DIR]
 
-For each mode (sync, threading, forking) and each module (socketserver, sockherd),
-and for sockherd's prefork pool (4 workers, accept and dispatch hand-off), a
-server runs in its own process; a single-threaded non-blocking client keeps C
-connections in flight, each one connect / send a line / read the echo / close,
-until N requests are done.  Also measured in-process: how long `shutdown()` takes
-with the default poll_interval, and how long a finished forked child stays a
-zombie on an idle server.  Prints one table and sockherd/CPython ratios.
-All traffic goes to 127.0.0.1; every loop is bounded in count and time.
+Compiles the C load generator and a C epoll server (the yardstick that shows
+the load generator is not the bottleneck), then measures every cell of the
+matrix R times, interleaved: round after round, every server once per round,
+neighbours in time for the cells that are compared.  Each server runs pinned
+to CPU 1 (its whole process tree), the load generator to CPU 0.
+
+Writes DIR/latest.csv (one row per measurement) and DIR/latest.md (medians,
+ratios, the issue's targets), and prints the Markdown.  Defaults: the full
+matrix, 3 rounds of 1 s per cell, into bench/results/ (about 11 minutes on 2
+cores); --quick: the cells the targets need, 2 rounds of 1 s, into bench/build/
+(under 2 minutes).  Only 127.0.0.1 is ever a target; every run is bounded in
+time and count.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
-import selectors
-import socket
-import socketserver
-import statistics
-import subprocess
+import platform
+import shutil
 import sys
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 
-import sockherd  # noqa: E402
-from sockherd.examples.echo import EchoHandler  # noqa: E402
+import report  # noqa: E402
+import servers  # noqa: E402
+import targets  # noqa: E402
+from build import BUILD_DIR, build  # noqa: E402
+from measure import Cell, MeasurementFailed, Settings, measure  # noqa: E402
 
-MODULES = {"socketserver": socketserver, "sockherd": sockherd}
-MODES = ("sync", "threading", "forking")
-PREFORK_MODES = ("prefork-accept", "prefork-dispatch")  # 4 workers; sockherd only
-PAYLOAD = b"x" * 64 + b"\n"
-TIME_LIMIT = 60.0  # seconds per measurement, whatever N is
-
-
-def run_load(port: int, requests: int, concurrency: int) -> tuple[float, list[float]]:
-    """Drive `requests` echo round trips, `concurrency` at a time; return (seconds, latencies)."""
-    selector = selectors.DefaultSelector()
-    latencies: list[float] = []
-    started = 0
-
-    def open_one() -> None:
-        nonlocal started
-        started += 1
-        sock = socket.socket()
-        sock.setblocking(False)
-        sock.connect_ex(("127.0.0.1", port))
-        selector.register(sock, selectors.EVENT_WRITE, [time.perf_counter(), b""])
-
-    begin = time.perf_counter()
-    for _ in range(min(concurrency, requests)):
-        open_one()
-    while len(latencies) < requests:
-        if time.perf_counter() - begin > TIME_LIMIT:
-            raise RuntimeError(f"load did not finish within {TIME_LIMIT} s")
-        for key, events in selector.select(1.0):
-            sock, state = key.fileobj, key.data
-            if events & selectors.EVENT_WRITE:
-                sock.sendall(PAYLOAD)
-                sock.shutdown(socket.SHUT_WR)
-                selector.modify(sock, selectors.EVENT_READ, state)
-                continue
-            chunk = sock.recv(4096)
-            state[1] += chunk
-            if chunk:
-                continue
-            if state[1] != PAYLOAD:
-                raise RuntimeError(f"bad echo: {state[1]!r}")
-            latencies.append(time.perf_counter() - state[0])
-            selector.unregister(sock)
-            sock.close()
-            if started < requests:
-                open_one()
-    elapsed = time.perf_counter() - begin
-    selector.close()
-    return elapsed, latencies
+CONCURRENCIES = (1, 16, 64)
+CONNECTIONS = ("new", "keepalive")
+ECHO_BASELINES = ("cpython-forking", "cpython-threading", "handmade-prefork")
+HTTP_BASELINES = ("gunicorn-sync", "cpython-threading-http")
 
 
-def measure_throughput(module: str, mode: str, requests: int, concurrency: int) -> dict:
-    server = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "serve_one.py"), module, mode],
-        stdout=subprocess.PIPE,
-        text=True,
+def full_matrix(with_wrk: bool) -> list[Cell]:
+    """Every server x concurrency x connection mode, metrics on for sockherd at c16, wrk."""
+    cells = []
+    for protocol, names in (("echo", servers.ECHO_SERVERS), ("http", servers.HTTP_SERVERS)):
+        for concurrency in CONCURRENCIES:
+            for connection in CONNECTIONS:
+                for name in names:
+                    cells.append(Cell(protocol, name, concurrency, connection))
+                    if (
+                        concurrency == 16
+                        and connection == "new"
+                        and name in servers.METRICS_CAPABLE
+                    ):
+                        cells.append(Cell(protocol, name, concurrency, connection, metrics=True))
+    if with_wrk:
+        cells += [Cell("http", name, 16, "new", loadgen="wrk") for name in servers.HTTP_SERVERS]
+    return cells
+
+
+def quick_matrix() -> list[Cell]:
+    """Only what the targets need: c16 new connections, forking at c64, metrics on/off."""
+    cells = [Cell("echo", name, 16, "new") for name in servers.ECHO_SERVERS]
+    for name in ("sockherd-prefork-accept", "sockherd-prefork-dispatch", "sockherd-forking"):
+        cells.append(Cell("echo", name, 16, "new", metrics=True))
+    cells += [Cell("echo", name, 64, "new") for name in ("cpython-forking", "sockherd-forking")]
+    cells += [Cell("http", name, 16, "new") for name in servers.HTTP_SERVERS]
+    return cells
+
+
+def machine() -> str:
+    """CPU model, CPU count, kernel and Python, in one line."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (
+        f"{model}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
     )
-    try:
-        port = int(server.stdout.readline())
-        run_load(port, min(200, requests), concurrency)  # warm-up
-        elapsed, latencies = run_load(port, requests, concurrency)
-    finally:
-        server.terminate()
-        server.wait(10)
-    latencies.sort()
-    return {
-        "rps": requests / elapsed,
-        "p50_ms": 1000 * latencies[len(latencies) // 2],
-        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99) - 1],
-    }
 
 
-def measure_shutdown(module: str, trials: int = 10) -> float:
-    """Median seconds `shutdown()` takes with the default poll_interval (0.5 s)."""
-    timings = []
-    for _ in range(trials):
-        server = MODULES[module].TCPServer(("127.0.0.1", 0), EchoHandler)
-        loop = threading.Thread(target=server.serve_forever)
-        loop.start()
-        time.sleep(0.05)  # let the loop reach select(): the worst case is measured from inside it
-        began = time.perf_counter()
-        server.shutdown()
-        timings.append(time.perf_counter() - began)
-        loop.join()
-        server.server_close()
-    return statistics.median(timings)
+def run(cells: list[Cell], rounds: int, settings: Settings) -> list[dict]:
+    """Measure every cell once per round; alternate the order each round to cancel drift.
+
+    A measurement that fails is reported on stderr and left out (its cell's median
+    comes from the other rounds); more than a tenth failing aborts the run."""
+    rows = []
+    total = len(cells) * rounds
+    failures = 0
+    began = time.monotonic()
+    for round_ in range(rounds):
+        ordered = cells if round_ % 2 == 0 else list(reversed(cells))
+        for index, cell in enumerate(ordered):
+            done = round_ * len(cells) + index + 1
+            try:
+                figures = measure(cell, settings)
+            except MeasurementFailed as error:
+                failures += 1
+                print(f"[{done}/{total}] FAILED {error}", file=sys.stderr, flush=True)
+                if failures > total / 10:
+                    raise SystemExit("bench: too many failed measurements") from error
+                continue
+            rows.append(report.flatten(round_, cell, figures))
+            print(
+                f"[{done}/{total} {time.monotonic() - began:5.0f}s] round {round_} "
+                f"{cell.protocol} {cell.server} c{cell.concurrency} {cell.connection}"
+                f"{' metrics' if cell.metrics else ''}{' wrk' if cell.loadgen == 'wrk' else ''}: "
+                f"{figures['rps']:.0f} req/s, p99 {figures['p99_us'] / 1000:.2f} ms, "
+                f"max {figures['max_us'] / 1000:.1f} ms",
+                file=sys.stderr,
+                flush=True,
+            )
+    return rows
 
 
-def measure_zombie_lifetime(module: str, trials: int = 5) -> float:
-    """Median seconds from a forked child's exit until its server reaps it (idle server)."""
-    lifetimes = []
-    for _ in range(trials):
-        server = MODULES[module].ForkingTCPServer(("127.0.0.1", 0), EchoHandler)
-        loop = threading.Thread(target=server.serve_forever)
-        loop.start()
-        with socket.create_connection(server.server_address) as client:
-            client.sendall(PAYLOAD)
-            client.shutdown(socket.SHUT_WR)
-            while client.recv(4096):
-                pass
-        (pid,) = server.active_children
-        exited = reaped = None
-        deadline = time.perf_counter() + 5
-        while reaped is None and time.perf_counter() < deadline:
-            if exited is None and _is_zombie_or_gone(pid):
-                exited = time.perf_counter()
-            if not server.active_children:
-                reaped = time.perf_counter()
-        server.shutdown()
-        loop.join()
-        server.server_close()
-        lifetimes.append((reaped or time.perf_counter()) - (exited or reaped or 0))
-    return statistics.median(lifetimes)
-
-
-def _is_zombie_or_gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+def render(rows: list[dict], args: argparse.Namespace, settings: Settings, wall: float) -> str:
+    """The whole Markdown report."""
+    pinning = (
+        f"servers pinned to CPU {settings.server_cpu}, load generator to CPU {settings.loadgen_cpu}"
+        if settings.server_cpu is not None
+        else "no pinning (fewer than 2 CPUs)"
+    )
+    lines = [
+        f"# sockherd benchmark{' (--quick)' if args.quick else ''}",
+        "",
+        f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+        f"- machine: {machine()}",
+        f"- method: {args.rounds} interleaved rounds of {settings.duration} s per cell "
+        f"(after {settings.warmup} s warm-up), medians shown; {pinning}; "
+        f"{settings.workers} workers for every pool (prefork, hand-made, gunicorn); "
+        f"keep-alive = {settings.per_conn} requests per connection; wall time {wall:.0f} s",
+        f"- {targets.loadgen_headroom(rows)}",
+        "- ratios are medians over rounds of the ratio within one round",
+        "",
+        "## Targets (c16, new connection per request unless stated)",
+        "",
+    ]
+    lines += targets.markdown(targets.check(rows))
+    lines += ["## Metrics on vs off", ""] + report.metrics_table(rows)
+    lines += ["## Echo (line protocol, sockherd's EchoHandler)", ""]
+    lines += report.table(rows, "echo", "loadgen", ECHO_BASELINES)
+    lines += ["## HTTP (http.server's handler; gunicorn runs the same answer as WSGI)", ""]
+    lines += report.table(rows, "http", "loadgen", HTTP_BASELINES)
+    lines += report.table(rows, "http", "wrk", HTTP_BASELINES)
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="only the targets' cells, briefly")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--duration", type=float, default=None, help="seconds per cell")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--out", default=None, help="directory for latest.csv and latest.md")
     args = parser.parse_args()
-    print(
-        f"# {args.requests} echo requests, {args.concurrency} in flight, "
-        f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+    args.rounds = args.rounds or (2 if args.quick else 3)
+    duration = args.duration or 1.0
+    out = args.out or (BUILD_DIR if args.quick else os.path.join(HERE, "results"))
+    two_cpus = len(os.sched_getaffinity(0)) >= 2
+    settings = Settings(
+        build_dir=build(),
+        workers=args.workers,
+        duration=duration,
+        warmup=0.2 if args.quick else 0.3,
+        server_cpu=1 if two_cpus else None,
+        loadgen_cpu=0 if two_cpus else None,
     )
-    print(f"{'mode':17} {'module':13} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
-    results = {}
-    for mode in MODES:
-        for module in MODULES:
-            figures = measure_throughput(module, mode, args.requests, args.concurrency)
-            results[mode, module] = figures
-            print(
-                f"{mode:17} {module:13} {figures['rps']:9.0f} "
-                f"{figures['p50_ms']:8.2f} {figures['p99_ms']:8.2f}"
-            )
-    for mode in PREFORK_MODES:
-        figures = measure_throughput("sockherd", mode, args.requests, args.concurrency)
-        results[mode, "sockherd"] = figures
-        print(
-            f"{mode:17} {'sockherd':13} {figures['rps']:9.0f} "
-            f"{figures['p50_ms']:8.2f} {figures['p99_ms']:8.2f}"
-        )
-    print("\n# ratios sockherd / CPython")
-    for mode in MODES:
-        ours, theirs = results[mode, "sockherd"], results[mode, "socketserver"]
-        print(
-            f"{mode:17} req/s x{ours['rps'] / theirs['rps']:.2f}  "
-            f"p99 x{ours['p99_ms'] / theirs['p99_ms']:.2f}"
-        )
-    for mode in PREFORK_MODES:
-        ours = results[mode, "sockherd"]
-        for baseline in ("forking", "threading"):
-            theirs = results[baseline, "socketserver"]
-            print(
-                f"{mode} vs CPython {baseline}: req/s x{ours['rps'] / theirs['rps']:.2f}  "
-                f"p99 x{ours['p99_ms'] / theirs['p99_ms']:.2f}"
-            )
-    print("\n# loop latencies (median)")
-    for module in MODULES:
-        shutdown = measure_shutdown(module)
-        zombie = (
-            measure_zombie_lifetime(module) if sys.platform.startswith("linux") else float("nan")
-        )
-        print(
-            f"{module:13} shutdown() {1000 * shutdown:7.2f} ms   "
-            f"zombie lifetime {1000 * zombie:7.2f} ms"
-        )
+    if two_cpus:
+        os.sched_setaffinity(0, {0})  # the runner itself stays off the servers' CPU
+    with_wrk = shutil.which("wrk") is not None
+    cells = quick_matrix() if args.quick else full_matrix(with_wrk)
+    began = time.monotonic()
+    rows = run(cells, args.rounds, settings)
+    wall = time.monotonic() - began
+    os.makedirs(out, exist_ok=True)
+    report.write_csv(os.path.join(out, "latest.csv"), rows)
+    text = render(rows, args, settings, wall)
+    with open(os.path.join(out, "latest.md"), "w") as md:
+        md.write(text + "\n")
+    print(text)
+    if not with_wrk and not args.quick:
+        print("(wrk not installed: the wrk cross-check was skipped)", file=sys.stderr)
 
 
 if __name__ == "__main__":

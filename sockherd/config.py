@@ -3,8 +3,9 @@
 Precedence: a command-line flag beats an environment variable (`SOCKHERD_<NAME>`,
 e.g. SOCKHERD_WORKERS=4), which beats the TOML file given with `--config` (top-level
 keys named like the options, e.g. `workers = 4`, `graceful_timeout = 10`), which
-beats the default.  Every value is checked where it enters; a bad one raises
-`ConfigError` naming its source, the option and what would be valid.
+beats the default.  `bind` may be given several times, as a comma-separated
+variable or as a TOML list.  Every value is checked where it enters; a bad one
+raises `ConfigError` naming its source, the option and what would be valid.
 """
 
 from __future__ import annotations
@@ -22,17 +23,27 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Option:
-    """One setting: its name, how to parse a string, its default and allowed values."""
+    """One setting: its name, how to parse a string, its default and allowed values.
+
+    A `repeatable` option's value is a tuple: several flags, a comma-separated
+    environment variable, or a TOML string or list of strings.
+    """
 
     name: str
     parse: Callable[[str], Any]
     default: Any
     choices: tuple[str, ...] | None = None
+    repeatable: bool = False
 
     @property
     def env(self) -> str:
         """The environment variable that sets it."""
         return "SOCKHERD_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag that sets it."""
+        return "--" + self.name.replace("_", "-")
 
 
 def _positive_int(text: str) -> int:
@@ -65,23 +76,55 @@ def _flag(text: str) -> bool:
     raise ValueError("must be true or false")
 
 
+MODE_ALIASES = {"threading": "thread", "forking": "fork"}  # the socketserver spellings
+
+
+def _mode(text: str) -> str:
+    return MODE_ALIASES.get(text, text)
+
+
+def _lower(text: str) -> str:
+    return text.strip().lower()
+
+
 OPTIONS = {
     option.name: option
     for option in (
-        Option("bind", str, "127.0.0.1:8000"),
-        Option("mode", str, "forking", ("sync", "threading", "forking", "prefork")),
+        Option("bind", str, ("127.0.0.1:8000",), repeatable=True),
+        Option("mode", _mode, "fork", ("sync", "thread", "fork", "prefork")),
         Option("udp", _flag, False),
         Option("workers", _positive_int, None),
+        Option("min_workers", _positive_int, None),
+        Option("max_workers", _positive_int, None),
+        Option("autoscale", _flag, False),
         Option("handoff", str, "accept", ("accept", "dispatch")),
         Option("max_requests", _non_negative_int, 0),
+        Option("timeout", _positive_float, None),
+        Option("read_timeout", _positive_float, None),
         Option("graceful_timeout", _positive_float, 30.0),
         Option("control", str, None),
         Option("metrics", str, None),
+        Option("metrics_auth_file", str, None),
+        Option("metrics_tls_cert", str, None),
+        Option("metrics_tls_key", str, None),
+        Option("log_level", _lower, "info", ("debug", "info", "warning", "error")),
     )
 }
 
 
 def _check(option: Option, raw: Any, source: str) -> Any:
+    if option.repeatable:
+        values = [p for p in raw.replace(",", " ").split() if p] if isinstance(raw, str) else raw
+        if not isinstance(values, list | tuple) or not values:
+            raise ConfigError(f"{option.name} from {source}: {raw!r} must name at least one value")
+        raw = values
+        return tuple(_check_one(option, item, source) for item in raw)
+    return _check_one(option, raw, source)
+
+
+def _check_one(option: Option, raw: Any, source: str) -> Any:
+    if isinstance(raw, list | dict):
+        raise ConfigError(f"{option.name} from {source}: {raw!r} must be a single value")
     try:
         value = option.parse(raw) if isinstance(raw, str) else option.parse(str(raw))
     except ValueError as error:
@@ -124,7 +167,7 @@ def resolve(
     settings = {}
     for name, option in OPTIONS.items():
         if flags.get(name) is not None:
-            settings[name] = _check(option, flags[name], f"--{name.replace('_', '-')}")
+            settings[name] = _check(option, flags[name], option.flag)
         elif option.env in environ:
             settings[name] = _check(option, environ[option.env], option.env)
         elif name in from_file:

@@ -141,3 +141,29 @@ def tcp_request(
 def zombie_children() -> list[int]:
     """Pids of this process's children that are zombies."""
     return [pid for pid, status in _children().items() if status == psutil.STATUS_ZOMBIE]
+
+
+def wait_for_line(stream: Any, text: str, limit: int = 200) -> str:
+    """Read a process's stderr line by line until one contains `text`; return that line.
+
+    Fails, showing what was read, if the stream ends (the process died) first.
+    """
+    seen = []
+    for _ in range(limit):
+        line = stream.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return line
+    raise AssertionError(f"no line with {text!r}; the process wrote:\n{''.join(seen)}")
+
+
+def listening_address(line: str) -> Any:
+    """(host, port) or the path from a "listening on tcp://HOST:PORT (mode)" log line."""
+    url = line.split("listening on ", 1)[1].split(" ", 1)[0]
+    scheme, _, rest = url.partition(":")
+    if scheme in ("unix", "unixgram"):
+        return rest
+    host, _, port = rest.removeprefix("//").rpartition(":")
+    return host.strip("[]"), int(port)

@@ -3,21 +3,25 @@ turns bad input into one actionable line and a non-zero exit status."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 
+import psutil
 import pytest
-from conftest import tcp_request
+from conftest import listening_address, tcp_request, wait_for_line, wait_until
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(PROJECT_ROOT, "tests")
 ECHO = "sockherd.examples.echo:EchoHandler"
 
 
 def start(*args: str) -> tuple[subprocess.Popen, str]:
-    """Start `python -m sockherd serve ...`; return it and its "serving ..." line."""
+    """Start `python -m sockherd serve ...`; return it and its "listening on ..." line."""
     process = subprocess.Popen(
         [sys.executable, "-m", "sockherd", "serve", *args],
         cwd=PROJECT_ROOT,
@@ -26,7 +30,7 @@ def start(*args: str) -> tuple[subprocess.Popen, str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-    line = process.stderr.readline()  # blocks until the server listens (or fails)
+    line = wait_for_line(process.stderr, "listening on")  # until it listens (or fails)
     return process, line
 
 
@@ -41,22 +45,22 @@ def stop(process: subprocess.Popen, signum: int = signal.SIGTERM) -> tuple[int, 
     return process.returncode, err
 
 
-def address_of(serving_line: str) -> tuple[str, int]:
-    host, port = serving_line.split(" on ")[1].split(" ")[0].rsplit(":", 1)
-    return host, int(port)
+def address_of(listening_line: str) -> tuple[str, int]:
+    return listening_address(listening_line)
 
 
-@pytest.mark.parametrize("mode", ["sync", "threading", "forking"])
+@pytest.mark.parametrize("mode", ["sync", "thread", "fork", "threading", "forking"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_serve_echoes_and_stops_cleanly_on_signal(mode, signum):
     process, line = start(ECHO, "--bind", "127.0.0.1:0", "--mode", mode)
     try:
-        assert line.startswith(f"sockherd: serving {ECHO} on 127.0.0.1:") and f"({mode})" in line
+        shown = {"threading": "thread", "forking": "fork"}.get(mode, mode)
+        assert "INFO: listening on tcp://127.0.0.1:" in line and line.endswith(f"({shown})\n")
         assert tcp_request(address_of(line), b"one\ntwo\n") == b"one\ntwo\n"
     finally:
         status, err = stop(process, signum)
     assert status == 0
-    assert "sockherd: stopped" in err
+    assert "INFO: stopped" in err
 
 
 def test_serve_on_a_unix_socket(tmp_path):
@@ -90,28 +94,51 @@ def test_serve_udp():
     ("args", "message"),
     [
         (["no_such_module:Handler"], "cannot import module 'no_such_module'"),
-        (["sockherd.examples.echo:Missing"], "has no attribute 'Missing'"),
-        (["sockherd.examples.echo"], "must be MODULE:CLASS"),
-        (["sockherd.cli:main"], "is a function, not a request handler class"),
-        ([ECHO, "--bind", "localhost"], "is not HOST:PORT"),
+        (["sockherd.examples.echo:Missing"], "has no attribute 'Missing'; it has: "),
+        (["sockherd.examples.echo"], "must be MODULE:HANDLER or MODULE:FACTORY"),
+        (["sockherd:TCPServer"], "is the class TCPServer, not a request handler"),
+        (["sockherd:__version__"], "is a str, not a request handler class or a function"),
+        (["os:getcwd"], "returned a str, not a server"),
+        (["cli_targets:failing_factory"], "raised RuntimeError: no database configured"),
+        ([ECHO, "--bind", "localhost"], "is not an address sockherd knows"),
         ([ECHO, "--bind", "127.0.0.1:70000"], "between 0 and 65535"),
         ([ECHO, "--bind", "unix:"], "needs a path"),
+        ([ECHO, "--bind", "sctp://127.0.0.1:1"], "unknown scheme 'sctp'"),
+        ([ECHO, "--bind", "::1:80"], "write an IPv6 address in brackets"),
+        ([ECHO, "--bind", "fd://x"], "needs a descriptor number"),
+        ([ECHO, "--mode", "async"], "mode from --mode: 'async' is not one of"),
+        ([ECHO, "--workers", "0"], "workers from --workers: '0' is not valid"),
+        ([ECHO, "--timeout", "soon"], "timeout from --timeout: 'soon' is not valid"),
+        ([ECHO, "--log-level", "loud"], "log_level from --log-level: 'loud' is not one of"),
+        (
+            [ECHO, "--mode", "prefork", "--min-workers", "4", "--max-workers", "2"],
+            "--min-workers 4 is more than --max-workers 2",
+        ),
+        ([ECHO, "--metrics", "127.0.0.1"], "is not an address sockherd knows"),
+        ([ECHO, "--metrics", "unix:/tmp/m.sock"], "must be HOST:PORT"),
+        (
+            [ECHO, "--metrics", "127.0.0.1:0", "--metrics-auth-file", "/nonexistent/creds"],
+            "cannot read the metrics credentials file /nonexistent/creds",
+        ),
+        ([ECHO, "--metrics-tls-cert", "/tmp/x.pem"], "need --metrics HOST:PORT"),
     ],
 )
 def test_bad_input_exits_2_with_an_actionable_message(args, message):
     result = subprocess.run(
         [sys.executable, "-m", "sockherd", "serve", *args],
         cwd=PROJECT_ROOT,
+        env=dict(os.environ, PYTHONPATH=TESTS),
         capture_output=True,
         text=True,
         timeout=30,
     )
-    assert result.returncode == 2
+    assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-def test_port_in_use_exits_1_naming_the_port():
+def test_port_in_use_exits_2_naming_the_port():
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
@@ -123,7 +150,7 @@ def test_port_in_use_exits_1_naming_the_port():
             text=True,
             timeout=30,
         )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert f"127.0.0.1 port {port}" in result.stderr and "already in use" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -159,7 +186,7 @@ def test_serve_on_an_inherited_fd(mode):
             text=True,
         )
         try:
-            line = process.stderr.readline()
+            line = wait_for_line(process.stderr, "listening on")
             assert address_of(line) == listener.getsockname()
             assert tcp_request(listener.getsockname(), b"inherited\n") == b"inherited\n"
         finally:
@@ -185,7 +212,7 @@ def test_serve_on_a_systemd_activated_socket():
             text=True,
         )
         try:
-            line = process.stderr.readline()
+            line = wait_for_line(process.stderr, "listening on")
             assert address_of(line) == listener.getsockname()
             assert tcp_request(listener.getsockname(), b"activated\n") == b"activated\n"
         finally:
@@ -202,3 +229,228 @@ def test_systemd_bind_without_activation_says_so():
         timeout=30,
     )
     assert result.returncode == 2 and "no socket was passed" in result.stderr
+
+
+def ctl(control: str, *words: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sockherd", "ctl", "--control", control, *words],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def scrape(port: int) -> str:
+    def attempt():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                return response.read().decode()
+        except OSError:
+            return None
+
+    return wait_until(attempt)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("mode", ["fork", "thread"])
+def test_repeated_binds_serve_tcp_unix_and_udp_from_one_process(tmp_path, mode):
+    path = str(tmp_path / "echo.sock")
+    metrics = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sockherd",
+            "serve",
+            ECHO,
+            "--bind",
+            "tcp://127.0.0.1:0",
+            "--bind",
+            f"unix:{path}",
+            "--mode",
+            mode,
+            "--metrics",
+            f"127.0.0.1:{metrics}",
+        ],
+        cwd=PROJECT_ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        tcp_line = wait_for_line(process.stderr, "listening on")
+        unix_line = wait_for_line(process.stderr, "listening on")
+        assert f"listening on unix:{path} ({mode})" in unix_line
+        assert tcp_request(listening_address(tcp_line), b"tcp\n") == b"tcp\n"
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(path)
+            client.sendall(b"unix\n")
+            client.shutdown(socket.SHUT_WR)
+            assert client.recv(100) == b"unix\n"
+        host, port = listening_address(tcp_line)
+
+        def both_counted():
+            body = scrape(metrics)
+            return (
+                f'sockherd_requests_total{{server="{host}:{port}",worker="",outcome="ok"}} 1.0'
+                in body
+                and f'sockherd_requests_total{{server="{path}",worker="",outcome="ok"}} 1.0' in body
+                and body.count("# TYPE sockherd_requests_total counter") == 1
+            )
+
+        wait_until(both_counted)
+    finally:
+        status, err = stop(process)
+    assert status == 0, err
+
+
+def test_repeated_binds_in_prefork_mode_give_each_listener_a_pool(tmp_path):
+    control = str(tmp_path / "control.sock")
+    process, first = start(
+        ECHO,
+        "--bind",
+        "tcp://127.0.0.1:0",
+        "--bind",
+        "udp://127.0.0.1:0",
+        "--mode",
+        "prefork",
+        "--workers",
+        "2",
+        "--control",
+        control,
+    )
+    try:
+        assert first.rstrip().endswith("(prefork, 2 workers)")
+        second = wait_for_line(process.stderr, "listening on")
+        assert "listening on udp://127.0.0.1:" in second
+        for _ in range(2):  # each pool announces itself
+            wait_for_line(process.stderr, "2 workers ready")
+        assert tcp_request(address_of(first), b"pooled\n") == b"pooled\n"
+        table = ctl(control, "status")
+        assert table.returncode == 0, table.stderr
+        rows = table.stdout.splitlines()
+        assert rows[0].split() == ["SERVER", "SLOT", "PID", "STATE", "REQUESTS", "AGE"]
+        assert len(rows) == 1 + 4 + 1 and "4 workers (4 wanted)" in rows[-1]
+        scaled = ctl(control, "scale", "+1")
+        assert scaled.returncode == 0 and scaled.stdout == "ok desired=6\n"
+        wait_until(lambda: len(json.loads(ctl(control, "status", "--json").stdout)["workers"]) == 6)
+    finally:
+        status, err = stop(process)
+    assert status == 0, err
+
+
+def test_ctl_status_prints_a_table_of_workers_and_json_on_request(tmp_path):
+    control = str(tmp_path / "control.sock")
+    process, line = start(ECHO, "--bind", "127.0.0.1:0", "--mode", "prefork", "--workers", "2",
+                          "--control", control)  # fmt: skip
+    try:
+        wait_for_line(process.stderr, "2 workers ready")
+        for _ in range(3):
+            assert tcp_request(address_of(line), b"x\n") == b"x\n"
+        table = ctl(control, "status")
+        assert table.returncode == 0
+        header, *workers, summary = table.stdout.splitlines()
+        assert header.split() == ["SLOT", "PID", "STATE", "REQUESTS", "AGE"]
+        assert [row.split()[0] for row in workers] == ["0", "1"]
+        assert sum(int(row.split()[3]) for row in workers) == 3
+        assert all(row.split()[2] == "idle" and row.split()[4].endswith("s") for row in workers)
+        assert summary.startswith("2 workers (2 wanted), generation 0, 3 requests")
+        reply = json.loads(ctl(control, "status", "--json").stdout)
+        assert reply["ok"] and {w["pid"] for w in reply["workers"]} == {
+            int(row.split()[1]) for row in workers
+        }
+        unknown = ctl(control, "dance")
+        assert unknown.returncode == 1 and "unknown command 'dance'" in unknown.stdout
+    finally:
+        stop(process)
+    missing = ctl(str(tmp_path / "gone.sock"), "status")
+    assert missing.returncode == 1 and "cannot reach the supervisor" in missing.stderr
+
+
+def test_the_log_tells_a_worker_crash_and_its_replacement():
+    process, line = start(ECHO, "--bind", "127.0.0.1:0", "--mode", "prefork", "--workers", "2")
+    try:
+        wait_for_line(process.stderr, "2 workers ready")
+        victim = psutil.Process(process.pid).children()[0]
+        victim.kill()
+        crash = wait_for_line(process.stderr, f"(pid {victim.pid}) exited on SIGKILL")
+        assert crash.rstrip().endswith("while idle, replacing") and "WARNING" in crash
+        wait_until(lambda: len(psutil.Process(process.pid).children()) == 2)
+        assert tcp_request(address_of(line), b"still\n") == b"still\n"
+    finally:
+        status, err = stop(process)
+    assert status == 0 and "INFO: stopped" in err
+
+
+def test_log_level_warning_hides_the_info_lines():
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sockherd", "serve", ECHO, "--bind", f"127.0.0.1:{port}",
+         "--log-level", "WARNING", "--workers", "2"],
+        cwd=PROJECT_ROOT, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        # The first line is the one warning: --workers means nothing in fork mode.
+        line = wait_for_line(process.stderr, "only apply to --mode prefork")
+        assert "WARNING: --workers only apply to --mode prefork; ignored" in line
+
+        def answered():
+            try:
+                return tcp_request(("127.0.0.1", port), b"quiet\n") == b"quiet\n"
+            except OSError:
+                return False
+
+        wait_until(answered)  # serving, so its signal handlers are in place
+    finally:
+        status, err = stop(process)
+    assert status == 0 and err == ""
+
+
+@pytest.mark.parametrize(
+    ("factory", "shown", "reply"),
+    [("cli_targets:threaded_server", "(thread)", b"LOUD\n"),
+     ("cli_targets:prefork_server", "(prefork, 2 workers)", b"loud\n")],
+)  # fmt: skip
+def test_a_factory_builds_its_own_server(factory, shown, reply):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sockherd", "serve", factory, "--bind", "127.0.0.1:1"],
+        cwd=PROJECT_ROOT,
+        env=dict(os.environ, PYTHONPATH=TESTS),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_line(process.stderr, "--bind and --mode are not used")
+        line = wait_for_line(process.stderr, "listening on tcp://127.0.0.1:")
+        assert line.rstrip().endswith(shown)
+        assert tcp_request(address_of(line), b"loud\n") == reply
+    finally:
+        status, err = stop(process)
+    assert status == 0, err
+
+
+def test_make_run_serves_the_http_example_with_metrics_and_a_control_socket(tmp_path):
+    """The README's first command, on free ports, with this interpreter's venv."""
+    port, metrics, control = free_port(), free_port(), str(tmp_path / "control.sock")
+    process = subprocess.Popen(
+        ["make", "-s", "run", f"VENV={sys.prefix}", f"BIND=127.0.0.1:{port}",
+         f"METRICS=127.0.0.1:{metrics}", f"CONTROL={control}"],
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for_line(process.stderr, "workers ready")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+            assert response.read().startswith(b"hello from pid ")
+        assert "sockherd_requests_total" in scrape(metrics)
+        assert ctl(control, "status").returncode == 0
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    assert f"curl http://127.0.0.1:{port}/" in out
+    assert "INFO: stopped" in err

@@ -10,7 +10,7 @@ import sys
 
 import psutil
 import pytest
-from conftest import wait_until
+from conftest import wait_for_line, wait_until
 
 from sockherd.config import OPTIONS, ConfigError, read_file, resolve
 
@@ -35,7 +35,7 @@ def test_a_flag_beats_the_environment_which_beats_the_file(tmp_path):
     assert settings["workers"] == 1  # flag
     assert settings["mode"] == "sync"  # environment over file
     assert settings["handoff"] == "dispatch"  # file over default
-    assert settings["bind"] == "127.0.0.1:8000"  # default
+    assert settings["bind"] == ("127.0.0.1:8000",)  # default
 
 
 def test_environment_values_are_parsed_and_checked():
@@ -51,6 +51,27 @@ def test_environment_values_are_parsed_and_checked():
         resolve({}, {"SOCKHERD_WORKERS": "0"}, None)
     with pytest.raises(ConfigError, match="mode from SOCKHERD_MODE: 'fast' is not one of"):
         resolve({}, {"SOCKHERD_MODE": "fast"}, None)
+
+
+def test_bind_repeats_from_flags_environment_and_file(tmp_path):
+    assert resolve({"bind": ["tcp://127.0.0.1:1", "unix:/tmp/a"]}, {}, None)["bind"] == (
+        "tcp://127.0.0.1:1",
+        "unix:/tmp/a",
+    )
+    env = {"SOCKHERD_BIND": "tcp://127.0.0.1:1, udp://127.0.0.1:2"}
+    assert resolve({}, env, None)["bind"] == ("tcp://127.0.0.1:1", "udp://127.0.0.1:2")
+    path = config_file(tmp_path, 'bind = ["unix:/tmp/b", "127.0.0.1:3"]\n')
+    assert resolve({}, {}, path)["bind"] == ("unix:/tmp/b", "127.0.0.1:3")
+    with pytest.raises(ConfigError, match="bind from SOCKHERD_BIND: '' must name at least one"):
+        resolve({}, {"SOCKHERD_BIND": ""}, None)
+    with pytest.raises(ConfigError, match="workers from config file .* must be a single value"):
+        read_file(config_file(tmp_path, "workers = [1, 2]\n"))
+
+
+def test_the_socketserver_mode_names_are_accepted_as_aliases():
+    assert resolve({"mode": "threading"}, {}, None)["mode"] == "thread"
+    assert resolve({}, {"SOCKHERD_MODE": "forking"}, None)["mode"] == "fork"
+    assert resolve({}, {}, None)["mode"] == "fork"
 
 
 def test_a_missing_config_file_is_named(tmp_path):
@@ -105,7 +126,7 @@ def test_the_command_takes_its_pool_size_from_the_file_and_environment(tmp_path)
         text=True,
     )
     try:
-        assert "(prefork)" in process.stderr.readline()
+        assert "(prefork, 2 workers)" in wait_for_line(process.stderr, "listening on")
         wait_until(lambda: len(psutil.Process(process.pid).children()) == 2)
     finally:
         process.send_signal(signal.SIGTERM)

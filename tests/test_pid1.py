@@ -17,7 +17,7 @@ import sys
 
 import psutil
 import pytest
-from conftest import tcp_request, wait_until
+from conftest import listening_address, tcp_request, wait_for_line, wait_until
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(PROJECT_ROOT, "tests")
@@ -62,10 +62,9 @@ def start_as_pid1(*args: str):
         stderr=subprocess.PIPE,
         text=True,
     )
-    line = launcher.stderr.readline()
-    host, port = line.split(" on ")[1].split(" ")[0].rsplit(":", 1)
+    line = wait_for_line(launcher.stderr, "listening on")
     supervisor = wait_until(lambda: psutil.Process(launcher.pid).children())[0]
-    return launcher, supervisor, (host, int(port))
+    return launcher, supervisor, listening_address(line)
 
 
 def tree(process: psutil.Process) -> list[psutil.Process]:

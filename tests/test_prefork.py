@@ -17,7 +17,14 @@ import time
 
 import psutil
 import pytest
-from conftest import serving, tcp_request, wait_until, zombie_children
+from conftest import (
+    listening_address,
+    serving,
+    tcp_request,
+    wait_for_line,
+    wait_until,
+    zombie_children,
+)
 from prefork_handlers import BrokenSetupServer, Commands
 
 import sockherd
@@ -280,9 +287,8 @@ def supervisor(*args: str):
         text=True,
     )
     try:
-        line = process.stderr.readline()
-        host, port = line.split(" on ")[1].split(" ")[0].rsplit(":", 1)
-        yield process, (host, int(port))
+        line = wait_for_line(process.stderr, "listening on")
+        yield process, listening_address(line)
     finally:
         if process.poll() is None:
             process.kill()
@@ -430,7 +436,7 @@ def test_control_socket_status_scale_reload_and_stop(control_path):
             text=True,
             timeout=30,
         )
-        assert cli.returncode == 0 and '"ok": true' in cli.stdout
+        assert cli.returncode == 0 and cli.stdout == "ok\n"
         assert process.wait(30) == 0
     assert not os.path.exists(control_path)
 

@@ -79,7 +79,11 @@ SOCKHERD_EXTRA_ATTRIBUTES = {
     "close_timeout",
     "child_exit_counts",
     "metrics_address",
+    "metrics_basic_auth",
     "metrics_name",
+    "metrics_tls_certfile",
+    "metrics_tls_keyfile",
+    "read_timeout",
     "request_stats",
 }
 # Private methods that subclasses override or call (odoo, test_socketserver).

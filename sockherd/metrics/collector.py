@@ -10,6 +10,7 @@ never by pid.  Metric names follow ../shared/reference/prometheus.md §6.
 
 from __future__ import annotations
 
+import collections
 import platform
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from typing import Any
 from .._version import VERSION
 from ..supervisor.autoscaler import listen_queue
 from ..workers.lifecycle import WorkerState
-from .exposition import Family, counter, gauge, histogram, info, process_families
+from .exposition import Family, counter, gauge, histogram, info, merge, process_families
 from .request_stats import DURATION_BUCKETS, OUTCOMES
 
 REPORTED_STATES = (
@@ -92,14 +93,23 @@ class ServerCollector:
         active.add({"server": label}, self._in_flight(pool))
         yield active
 
-        backoff = getattr(server, "_sockherd_accept_backoff", None)
         errors = counter(
             "sockherd_accept_errors",
             "Failed accept()/recvfrom() calls in the serving process, by errno",
         )
-        for name, value in sorted((backoff.failures if backoff else {}).items()):
+        for name, value in sorted(self._accept_failures().items()):
             errors.add({"server": label, "errno": name}, value, "_total")
         yield errors
+
+        fork_failures = self._fork_failures(pool)
+        if fork_failures:
+            forks = counter(
+                "sockherd_fork_failures",
+                "Failed attempts to fork a request child or a worker, by errno",
+            )
+            for (kind, name), value in sorted(fork_failures.items()):
+                forks.add({"server": label, "kind": kind, "errno": name}, value, "_total")
+            yield forks
 
         if pool is not None:
             yield from self._pool_families(pool, label)
@@ -107,6 +117,32 @@ class ServerCollector:
             yield from self._forking_families(label)
         yield from self._listen_queue(label)
         yield from process_families()
+
+    def _accept_failures(self) -> collections.Counter[str]:
+        """Failed accepts of the server's socket, the metrics endpoint and the control socket."""
+        total: collections.Counter[str] = collections.Counter()
+        server = self.server
+        backoffs = (
+            getattr(server, "_sockherd_accept_backoff", None),
+            getattr(getattr(server, "_sockherd_metrics", None), "accept_backoff", None),
+            getattr(getattr(server, "_sockherd_control", None), "accept_backoff", None),
+        )
+        for backoff in backoffs:
+            if backoff is not None:
+                total.update(backoff.failures)
+        return total
+
+    def _fork_failures(self, pool: Any) -> dict[tuple[str, str], int]:
+        """{(kind, errno name): failures}: request children (ForkingMixIn), workers (prefork)."""
+        found: dict[tuple[str, str], int] = {}
+        for kind, failures in (
+            ("request", getattr(self.server, "_sockherd_fork_failures", None)),
+            ("worker", getattr(pool, "fork_failures", None)),
+        ):
+            if failures is not None:
+                for name, value in failures.by_errno.items():
+                    found[(kind, name)] = value
+        return found
 
     # --- per mode -----------------------------------------------------------------------
 
@@ -219,3 +255,14 @@ def _exits_family(label: str, kind: str, counts: dict[str, int]) -> Family:
             "_total",
         )
     return exits
+
+
+class GroupCollector:
+    """Collects the metrics of servers served by one loop, each under its `server` label."""
+
+    def __init__(self, servers: list[Any]) -> None:
+        self.collectors = [ServerCollector(server) for server in servers]
+
+    def collect(self) -> Iterator[Family]:
+        """Yield every family once, with the samples of every server."""
+        yield from merge(family for c in self.collectors for family in c.collect())

@@ -104,6 +104,33 @@ def _escape_help(text: str) -> str:
     return text.replace("\\", r"\\").replace("\n", r"\n")
 
 
+def merge(families: Iterable[Any]) -> list[Any]:
+    """One family per name, with every sample of the families of that name.
+
+    Several servers served by one loop each yield their own families; the
+    exposition must name each family once.  A sample repeated exactly (the
+    process_* figures every collector reports) is kept once.
+    """
+    merged: dict[str, tuple[Any, list[Any], set[Any]]] = {}
+    for family in families:
+        entry = merged.get(family.name)
+        if entry is None:
+            entry = merged[family.name] = (family, [], set())
+        _, samples, seen = entry
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            if key not in seen:
+                seen.add(key)
+                samples.append(sample)
+    return [_with_samples(family, samples) for family, samples, _ in merged.values()]
+
+
+def _with_samples(family: Any, samples: list[Any]) -> Any:
+    if list(family.samples) == samples:
+        return family
+    return Family(family.name, family.type, family.documentation, samples)
+
+
 def render(families: Iterable[Any]) -> bytes:
     """The text exposition of `families` (sockherd Families or prometheus_client Metrics)."""
     lines = []

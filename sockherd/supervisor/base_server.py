@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from ..metrics.request_stats import RequestStats
 from .accept_backoff import AcceptBackoff
 from .loop_wait import LoopWait
+from .read_deadline import read_timed_out
 from .wakeup import WakeupPipe
 
 if TYPE_CHECKING:
@@ -102,6 +103,12 @@ class BaseServer:
     metrics_address: tuple[str, int] | None = None
     # sockherd: the `server` label of those metrics (default: the listening address).
     metrics_name: str | None = None
+    # sockherd: (user, password) every scrape must present (HTTP basic auth); None: open.
+    metrics_basic_auth: tuple[str, str] | None = None
+    # sockherd: serve the metrics over HTTPS with this PEM certificate (chain) and PEM key
+    # (None: the key is in the certificate file).  See metrics.endpoint_security.
+    metrics_tls_certfile: str | None = None
+    metrics_tls_keyfile: str | None = None
 
     # sockherd state, created lazily so subclasses that skip __init__ chains still work.
     _sockherd_wakeup: WakeupPipe | None = None
@@ -112,6 +119,10 @@ class BaseServer:
     _sockherd_request_stats: RequestStats | None = None
     _sockherd_metrics: MetricsEndpoint | None = None
     _sockherd_user_metrics: UserMetrics | None = None
+    # A group of servers served by one loop (sockherd.supervisor.server_group): the
+    # first server's loop serves the others, which point at it as their loop host.
+    _sockherd_loop_host: Any = None
+    _sockherd_siblings: tuple[Any, ...] = ()
 
     def __init__(self, server_address: Any, RequestHandlerClass: Any) -> None:
         """Constructor.  May be extended, do not override."""
@@ -156,11 +167,15 @@ class BaseServer:
                         self._handle_request_noblock()
 
                     self.service_actions()
+                    for sibling in self._sockherd_siblings:
+                        sibling.service_actions()
                     if metrics is not None:
                         metrics.expire_slow_clients()
         finally:
             self._sockherd_loop_wait = None
             try:
+                for sibling in self._sockherd_siblings:
+                    sibling._sockherd_before_loop_exit()
                 self._sockherd_before_loop_exit()
                 self._sockherd_close_metrics()
             finally:
@@ -178,8 +193,13 @@ class BaseServer:
         sockherd: the loop is woken at once instead of at the next
         `poll_interval`.  Called from the thread running serve_forever()
         (a handler, a signal handler), it only asks the loop to stop after
-        the current step and returns, where CPython would deadlock.
+        the current step and returns, where CPython would deadlock.  A server
+        served by another server's loop (a group) stops that loop.
         """
+        host = self._sockherd_loop_host
+        if host is not None:
+            host.shutdown()
+            return
         self.__shutdown_request = True
         wakeup = self._sockherd_wakeup
         if wakeup is not None:
@@ -294,7 +314,7 @@ class BaseServer:
         try:
             self.finish_request(request, client_address)
         except BaseException:
-            stats.finished("error", time() - began)
+            stats.finished(self._sockherd_failure_outcome(request), time() - began)
             raise
         stats.finished("ok", time() - began)
         self.shutdown_request(request)
@@ -328,7 +348,17 @@ class BaseServer:
 
         The default is to print a traceback and continue.
 
+        sockherd: a connection cut off by `read_timeout` (a stream server's setting)
+        is logged in one WARNING line instead ("connection from ADDRESS timed out
+        (read_timeout=N s); closed"); with read_timeout None the output is CPython's.
         """
+        if read_timed_out(request):
+            log.warning(
+                "connection from %s timed out (read_timeout=%g s); closed",
+                client_address,
+                request.read_timeout,
+            )
+            return
         print("-" * 40, file=sys.stderr)
         print(
             "Exception occurred during processing of request from", client_address, file=sys.stderr
@@ -358,6 +388,16 @@ class BaseServer:
 
     # --- sockherd's loop machinery (private) -------------------------------------------
 
+    def _sockherd_failure_outcome(self, request: Any) -> str:
+        """The request-metrics outcome of a request whose handler raised: "timeout" if
+        its connection was cut off by read_timeout, else "error"."""
+        return "timeout" if read_timed_out(request) else "error"
+
+    def _sockherd_group(self) -> list[Any]:
+        """Every server served by the same loop as this one, the loop's own first."""
+        host = self._sockherd_loop_host or self
+        return [host, *host._sockherd_siblings]
+
     def _sockherd_accepting(self) -> bool:
         """Whether the loop should watch the listening socket now (PreforkMixIn may say no)."""
         return True
@@ -380,8 +420,12 @@ class BaseServer:
         if self.metrics_address is None:
             return None
         from ..metrics.endpoint import MetricsEndpoint, build_collectors
+        from ..metrics.endpoint_security import BasicAuth, tls_context
         from ..metrics.user_multiprocess import UserMetrics, multiprocess_directory
 
+        # Settings first: a bad certificate fails the start before anything is touched.
+        tls = tls_context(self.metrics_tls_certfile, self.metrics_tls_keyfile)
+        auth = BasicAuth(self.metrics_basic_auth) if self.metrics_basic_auth is not None else None
         collectors = build_collectors(self)
         directory = multiprocess_directory()
         if directory:
@@ -392,6 +436,8 @@ class BaseServer:
             collectors,
             self._sockherd_add_wake_source,
             self._sockherd_remove_wake_source,
+            tls=tls,
+            basic_auth=auth,
         )
         return self._sockherd_metrics
 
@@ -417,8 +463,13 @@ class BaseServer:
         (or writable, with `writable`).  Adding an fd again changes its callback/interest.
 
         For mix-ins; ForkingMixIn adds each child's exit fd.  Takes effect at once
-        in a running loop and in every later one, until removed.
+        in a running loop and in every later one, until removed.  In a group, the
+        fd is watched by the loop that serves the group.
         """
+        host = self._sockherd_loop_host
+        if host is not None:
+            host._sockherd_add_wake_source(fd, callback, writable)
+            return
         sources = self._sockherd_wake_sources
         if sources is None:
             sources = self._sockherd_wake_sources = {}
@@ -429,6 +480,10 @@ class BaseServer:
 
     def _sockherd_remove_wake_source(self, fd: int) -> None:
         """Stop watching `fd`.  Call it before closing the fd."""
+        host = self._sockherd_loop_host
+        if host is not None:
+            host._sockherd_remove_wake_source(fd)
+            return
         if self._sockherd_wake_sources is not None:
             self._sockherd_wake_sources.pop(fd, None)
         if self._sockherd_loop_wait is not None:

@@ -10,10 +10,13 @@ object followed by a newline; then the supervisor closes the connection.
 
 Errors come back as {"ok": false, "error": "..."}.  Security: the socket is
 created with mode 0600 and, where the kernel reports peer credentials
-(Linux SO_PEERCRED), only the supervisor's own user and root are served.  The
-loop never blocks on a client: connections are non-blocking, a command line is
-capped at `MAX_LINE` bytes, and a client that has not sent its line within
-`CLIENT_DEADLINE` seconds is dropped.
+(Linux SO_PEERCRED), only the supervisor's own user and root are served;
+anyone else gets {"ok": false, "error": "permission denied: uid N ..."} and the
+supervisor logs one line naming the uid.  The loop never blocks on a client:
+connections are non-blocking, a command line is capped at `MAX_LINE` bytes,
+and a client that has not sent its line within `CLIENT_DEADLINE` seconds is
+dropped.  Accept failures are counted by errno; EMFILE and the like pause
+the listener with one logged warning per episode (see `accept_backoff`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import struct
 import time
 from collections.abc import Callable
 from typing import Any
+
+from .accept_backoff import AcceptBackoff
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,30 @@ def _peer_uid(connection: socket.socket) -> int | None:
     return uid
 
 
+def _allowed_users() -> str:
+    euid = os.geteuid()
+    return "root" if euid == 0 else f"root or uid {euid}, the supervisor's user"
+
+
+def _refusal(uid: int) -> str:
+    return (
+        f"permission denied: uid {uid} may not control this supervisor; connect as "
+        f"{_allowed_users()}"
+    )
+
+
+class _Client:
+    """One control connection: what it sent so far, since when, and whether it is refused."""
+
+    __slots__ = ("connection", "buffer", "since", "refused_uid")
+
+    def __init__(self, connection: socket.socket, refused_uid: int | None) -> None:
+        self.connection = connection
+        self.buffer = bytearray()
+        self.since = time.monotonic()
+        self.refused_uid = refused_uid
+
+
 class ControlSocket:
     """The listening control socket and its clients, driven by the serve loop's wake sources."""
 
@@ -65,7 +94,9 @@ class ControlSocket:
         self._execute = execute
         self._add_source = add_source
         self._remove_source = remove_source
-        self._clients: dict[int, tuple[socket.socket, bytearray, float]] = {}
+        self._clients: dict[int, _Client] = {}
+        self.accept_backoff = AcceptBackoff()
+        self._paused = False
         self._listener = self._bind(path)
         self._listener.setblocking(False)
         if not hasattr(socket, "SO_PEERCRED"):
@@ -108,21 +139,34 @@ class ControlSocket:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
-                log.warning("control socket accept failed: %s", error)
+                # EMFILE & co. would leave the listener readable and spin the loop:
+                # stop watching it for a while (see accept_backoff), once per episode.
+                self.accept_backoff.failed(error, f"the control socket {self.path!r}")
+                if self.accept_backoff.paused_for():
+                    self._remove_source(self._listener.fileno())
+                    self._paused = True
                 return
-            uid = _peer_uid(connection)
-            if uid is not None and uid not in (0, os.geteuid()):
-                log.warning("control socket: refused a client running as uid %d", uid)
-                self._reply(connection, {"ok": False, "error": "permission denied"})
-                connection.close()
-                continue
+            self.accept_backoff.succeeded(f"the control socket {self.path!r}")
             connection.setblocking(False)
+            uid = _peer_uid(connection)
+            refused_uid = None
+            if uid is not None and uid not in (0, os.geteuid()):
+                # Refused now, answered once its command line is in: a reply sent before
+                # the client has written would make its send fail (EPIPE) and hide the reply.
+                log.warning(
+                    "control socket %r: refused a client running as uid %d (only %s may use it)",
+                    self.path,
+                    uid,
+                    _allowed_users(),
+                )
+                refused_uid = uid
             fd = connection.fileno()
-            self._clients[fd] = (connection, bytearray(), time.monotonic())
+            self._clients[fd] = _Client(connection, refused_uid)
             self._add_source(fd, functools.partial(self._read, fd))
 
     def _read(self, fd: int) -> None:
-        connection, buffer, _since = self._clients[fd]
+        client = self._clients[fd]
+        connection, buffer = client.connection, client.buffer
         try:
             chunk = connection.recv(MAX_LINE)
         except (BlockingIOError, InterruptedError):
@@ -132,7 +176,9 @@ class ControlSocket:
         buffer += chunk
         if b"\n" in buffer or not chunk or len(buffer) >= MAX_LINE:
             line = bytes(buffer).split(b"\n", 1)[0].decode(errors="replace").strip()
-            if len(buffer) >= MAX_LINE and b"\n" not in buffer:
+            if client.refused_uid is not None:
+                reply = {"ok": False, "error": _refusal(client.refused_uid)}
+            elif len(buffer) >= MAX_LINE and b"\n" not in buffer:
                 reply = {"ok": False, "error": f"command longer than {MAX_LINE} bytes"}
             elif not line:
                 reply = {"ok": False, "error": "empty command"}
@@ -150,21 +196,25 @@ class ControlSocket:
                 log.warning("control socket: could not reply: %s", error)
 
     def _drop(self, fd: int) -> None:
-        connection, _buffer, _since = self._clients.pop(fd)
+        connection = self._clients.pop(fd).connection
         self._remove_source(fd)
         connection.close()
 
     def expire_slow_clients(self) -> None:
-        """Drop clients that have not sent a whole command within CLIENT_DEADLINE."""
+        """Drop clients that have not sent a whole command within CLIENT_DEADLINE; watch the
+        listener again once an accept back-off has run out.  Call once per loop iteration."""
+        if self._paused and not self.accept_backoff.paused_for():
+            self._paused = False
+            self._add_source(self._listener.fileno(), self._accept)
         now = time.monotonic()
-        for fd, (_connection, _buffer, since) in list(self._clients.items()):
-            if now - since > CLIENT_DEADLINE:
+        for fd, client in list(self._clients.items()):
+            if now - client.since > CLIENT_DEADLINE:
                 self._drop(fd)
 
     def close_in_worker(self) -> None:
         """In a forked worker: close the inherited sockets, leave the socket file alone."""
-        for connection, _buffer, _since in self._clients.values():
-            connection.close()
+        for client in self._clients.values():
+            client.connection.close()
         self._listener.close()
 
     def close(self) -> None:

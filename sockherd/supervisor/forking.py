@@ -19,6 +19,13 @@ What sockherd adds (see `child_watch` for the mechanism):
 * The standard streams are flushed before the fork (so a child cannot repeat
   the parent's buffered output) and in the child before `os._exit()` (so what
   a handler printed is not lost).
+* fork() failing (EAGAIN at the process limit, ENOMEM): CPython's
+  `handle_error()` prints a traceback for every connection and closes it.
+  sockherd closes it too (serving it inline would block the loop for the
+  whole request) but logs one warning per episode -- "fork failed (EAGAIN:
+  Resource temporarily unavailable); closing connections until it works
+  again" -- and "fork works again after N failures" when it ends; failures
+  are counted by errno in `sockherd_fork_failures_total{kind="request"}`.
 * `close_timeout`: when set, `server_close()` waits that long for children,
   then sends SIGTERM, waits `KILL_GRACE` seconds more, then SIGKILL, and logs
   a warning naming the pids.  The default, None, waits as CPython does.
@@ -41,6 +48,7 @@ from typing import Any
 from .base_server import _ServerSelector
 from .child_exits import describe_wait_status
 from .child_watch import close_watch_fd, prepare_child_watch
+from .fork_failures import ForkFailures
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +98,7 @@ class ForkingMixIn:
     # sockherd state, created lazily (no mix-in __init__, as in CPython).
     _sockherd_child_watches: dict[int, _ChildWatch] | None = None
     _sockherd_child_exit_counts: collections.Counter[str] | None = None
+    _sockherd_fork_failures: ForkFailures | None = None
 
     @property
     def child_exit_counts(self) -> collections.Counter[str]:
@@ -132,17 +141,29 @@ class ForkingMixIn:
         self.collect_children()
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Fork a new subprocess to process the request."""
+        """Fork a new subprocess to process the request.
+
+        sockherd: when fork() fails (EAGAIN at the process limit, ENOMEM) the
+        connection is closed, as in CPython, but without a handle_error()
+        traceback per connection: one warning per episode, counted by errno
+        (see `fork_failures`).
+        """
         pending = prepare_child_watch()
         _flush_std_streams()
         forked_at = monotonic()
         try:
             pid = os.fork()
+        except OSError as error:
+            pending.abandon()
+            self._sockherd_forks().failed(error, "closing connections until it works again")
+            self.shutdown_request(request)  # type: ignore[attr-defined]
+            return
         except BaseException:
             pending.abandon()
             raise
         if pid:
             # Parent process
+            self._sockherd_forks().succeeded()
             if self.active_children is None:
                 self.active_children = set()
             self.active_children.add(pid)
@@ -175,6 +196,12 @@ class ForkingMixIn:
         self.collect_children(blocking=self.block_on_close)
 
     # --- sockherd: the child table -------------------------------------------------
+
+    def _sockherd_forks(self) -> ForkFailures:
+        failures = self._sockherd_fork_failures
+        if failures is None:
+            failures = self._sockherd_fork_failures = ForkFailures("fork")
+        return failures
 
     def _sockherd_watch_child(self, pid: int, fd: int | None, forked_at: float) -> None:
         watches = self._sockherd_child_watches

@@ -3,7 +3,9 @@
 A `LoopWait` lives for one `serve_forever()` or `handle_request()` call and owns
 that call's selector (CPython builds a fresh one per call too).  It watches:
 
-* the server itself (its `fileno()`), unless an accept back-off is in force;
+* the server itself (its `fileno()`), unless an accept back-off is in force,
+  and likewise every other server of its group (`server._sockherd_siblings`),
+  whose ready connections are handled right here;
 * the wake sources registered on the server (fd -> callback), e.g. one fd per
   forked child, kept in step as they come and go through
   `BaseServer._sockherd_add_wake_source()` / `_sockherd_remove_wake_source()`;
@@ -32,7 +34,7 @@ class LoopWait:
     ) -> None:
         self._server = server
         self._selector = selector
-        self._listening = False
+        self._listening: set[Any] = set()  # the servers whose sockets are watched now
         if wakeup is not None:
             selector.register(wakeup.read_fd, selectors.EVENT_READ, wakeup.drain)
         for fd, (callback, events) in (server._sockherd_wake_sources or {}).items():
@@ -62,16 +64,10 @@ class LoopWait:
         not accepting (a prefork pool with no idle worker), the listening socket
         is not watched; a back-off also caps the sleep at the remaining pause.
         """
-        backoff = self._server._sockherd_accept_backoff
-        paused_for = backoff.paused_for() if backoff is not None else 0.0
-        if paused_for:
-            timeout = paused_for if timeout is None else min(timeout, paused_for)
-        listen = not paused_for and self._server._sockherd_accepting()
-        if listen and not self._listening:
-            self._selector.register(self._server, selectors.EVENT_READ, _LISTENER)
-        elif self._listening and not listen:
-            self._selector.unregister(self._server)
-        self._listening = listen
+        server = self._server
+        timeout = self._watch(server, _LISTENER, timeout)
+        for sibling in server._sockherd_siblings:
+            timeout = self._watch(sibling, sibling._handle_request_noblock, timeout)
         listener_ready = False
         for key, _events in self._selector.select(timeout):
             if key.data is _LISTENER:
@@ -79,3 +75,19 @@ class LoopWait:
             else:
                 key.data()
         return listener_ready
+
+    def _watch(self, server: Any, data: Any, timeout: float | None) -> float | None:
+        """Watch `server`'s socket or not, as its back-off and its pool allow; return the
+        sleep, capped at the remaining back-off pause."""
+        backoff = server._sockherd_accept_backoff
+        paused_for = backoff.paused_for() if backoff is not None else 0.0
+        if paused_for:
+            timeout = paused_for if timeout is None else min(timeout, paused_for)
+        listen = not paused_for and server._sockherd_accepting()
+        if listen and server not in self._listening:
+            self._selector.register(server, selectors.EVENT_READ, data)
+            self._listening.add(server)
+        elif not listen and server in self._listening:
+            self._selector.unregister(server)
+            self._listening.discard(server)
+        return timeout

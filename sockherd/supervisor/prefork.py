@@ -35,10 +35,18 @@ autoscale_interval   1       autoscale: seconds between scale-up steps (1, 2, 4,
 autoscale_cooldown   10      autoscale: seconds of surplus before each scale-down step
 control_socket       None    path of a Unix control socket (mode 0600) answering
                              status, scale N, reload, stop (see `control`)
+metrics_basic_auth   None    (user, password) that metrics scrapes must present
+metrics_tls_certfile None    serve the metrics over HTTPS with this PEM certificate
+metrics_tls_keyfile  None    ... and this PEM key (see `metrics.endpoint_security`)
 reap_orphans         None    reap children a handler forked and abandoned: as PID 1,
                              or as a Linux child subreaper.  None: when
                              serve_forever() runs in the main thread (a dedicated
                              supervisor process); True/False: always/never
+read_timeout         None    (TCPServer's, settable here too) seconds a client gets to
+                             send each request before the worker cuts it off; stream
+                             servers only.  Accept mode: the worker's get_request()
+                             applies it; dispatch mode: the worker, on each connection
+                             it receives (see `read_deadline`)
 ==================== ======= ====================================================
 
 Lifecycle: `serve_forever()` starts the workers and supervises them until
@@ -51,16 +59,20 @@ old ones drain), TTIN/TTOU one worker more/less, USR1 reopen log files.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import socket
+import time
 from typing import Any
 
+from ..metrics.collector import server_label
 from ..workers.worker_loop import set_listener_heartbeat
 from .control import ControlSocket
+from .read_deadline import check_read_timeout
 from .signals import ORPHAN_SIGNALS, SignalRelay
 from .socket_servers import TCPServer, UDPServer
-from .worker_pool import WorkerPool
+from .worker_pool import WorkerPool, reap_orphans
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +95,10 @@ SETTINGS = (
     "max_spare_workers",
     "autoscale_interval",
     "autoscale_cooldown",
+    "read_timeout",
+    "metrics_basic_auth",
+    "metrics_tls_certfile",
+    "metrics_tls_keyfile",
 )
 HANDOFFS = ("accept", "dispatch")
 
@@ -129,19 +145,23 @@ class PreforkMixIn:
     # --- the supervisor's loop --------------------------------------------------------
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
-        """Start the workers and supervise them until shutdown(); stop them before returning."""
-        self._sockherd_validate()
-        pool = self._sockherd_pool = WorkerPool(self)
-        if self._sockherd_handoff() == "accept":
-            set_listener_heartbeat(self.socket, self.heartbeat_interval)  # type: ignore[attr-defined]
+        """Start the workers and supervise them until shutdown(); stop them before returning.
+
+        In a group (`server_group`), the first server also starts, signals and stops
+        the pools of the others.
+        """
+        group = self._sockherd_group()  # type: ignore[attr-defined]
+        for server in group:
+            server._sockherd_validate()
         wakeup = self._sockherd_wakeup_pipe()  # type: ignore[attr-defined]
         relay = self._sockherd_signals = SignalRelay(wakeup.wake if wakeup else lambda: None)
         in_main_thread = relay.install()
         self._sockherd_orphan_duty = self._sockherd_take_orphan_duty(in_main_thread)
         if self._sockherd_orphan_duty:
             relay.install(ORPHAN_SIGNALS)
-        self._sockherd_quick_stop = False
         try:
+            for server in group:
+                server._sockherd_start_pool()
             if self.control_socket:
                 self._sockherd_control = ControlSocket(
                     self.control_socket,
@@ -149,7 +169,8 @@ class PreforkMixIn:
                     self._sockherd_add_wake_source,  # type: ignore[attr-defined]
                     self._sockherd_remove_wake_source,  # type: ignore[attr-defined]
                 )
-            pool.reconcile()
+            for server in group:
+                server._sockherd_pool.reconcile()
             super().serve_forever(poll_interval)  # type: ignore[misc]
         finally:
             if self._sockherd_control is not None:
@@ -157,10 +178,28 @@ class PreforkMixIn:
                 self._sockherd_control = None
             relay.restore()
             self._sockherd_signals = None
-            if pool.workers:
-                pool.stop_all(graceful=False)
-            pool.close()
-            self._sockherd_pool = None
+            for server in group:
+                server._sockherd_end_pool()
+
+    def _sockherd_start_pool(self) -> None:
+        self._sockherd_quick_stop = False
+        self._sockherd_pool = WorkerPool(self)
+        if self._sockherd_handoff() == "accept":
+            set_listener_heartbeat(self.socket, self.heartbeat_interval)  # type: ignore[attr-defined]
+
+    def _sockherd_end_pool(self) -> None:
+        pool = self._sockherd_pool
+        if pool is None:
+            return
+        if pool.workers:
+            pool.stop_all(graceful=False)
+        pool.close()
+        self._sockherd_pool = None
+
+    def _sockherd_pools(self) -> list[WorkerPool]:
+        """The running pools of this server's group (just its own pool when alone)."""
+        group = self._sockherd_group()  # type: ignore[attr-defined]
+        return [server._sockherd_pool for server in group if server._sockherd_pool is not None]
 
     def _sockherd_before_loop_exit(self) -> None:
         pool = self._sockherd_pool
@@ -176,7 +215,7 @@ class PreforkMixIn:
         pool = self._sockherd_pool
         if pool is not None:
             if self._sockherd_orphan_duty:
-                pool.reap_orphans()  # cheap: one waitpid(WNOHANG) when nothing has exited
+                reap_orphans(self._sockherd_pools())  # one waitpid(WNOHANG) if none exited
             pool.tick()
         if self._sockherd_control is not None:
             self._sockherd_control.expire_slow_clients()
@@ -226,7 +265,8 @@ class PreforkMixIn:
     def handle_sigquit(self) -> None:
         """Immediate stop: workers are killed."""
         log.info("SIGQUIT: stopping now")
-        self._sockherd_quick_stop = True
+        for server in self._sockherd_group():  # type: ignore[attr-defined]
+            server._sockherd_quick_stop = True
         self.shutdown()  # type: ignore[attr-defined]
 
     def handle_sigchld(self) -> None:
@@ -234,18 +274,18 @@ class PreforkMixIn:
 
     def handle_sighup(self) -> None:
         """Rolling reload: a new generation of workers replaces the old one."""
-        if self._sockherd_pool is not None:
-            self._sockherd_pool.reload()
+        for pool in self._sockherd_pools():
+            pool.reload()
 
     def handle_sigttin(self) -> None:
-        """One worker more (up to max_workers)."""
-        if self._sockherd_pool is not None:
-            log.info("SIGTTIN: %d workers wanted", self._sockherd_pool.scale_by(+1))
+        """One worker more (up to max_workers), in each pool of the group."""
+        for pool in self._sockherd_pools():
+            log.info("SIGTTIN: %d workers wanted", pool.scale_by(+1))
 
     def handle_sigttou(self) -> None:
-        """One worker less (down to min_workers)."""
-        if self._sockherd_pool is not None:
-            log.info("SIGTTOU: %d workers wanted", self._sockherd_pool.scale_by(-1))
+        """One worker less (down to min_workers), in each pool of the group."""
+        for pool in self._sockherd_pools():
+            log.info("SIGTTOU: %d workers wanted", pool.scale_by(-1))
 
     def handle_sigusr1(self) -> None:
         """Reopen the log files of logging's FileHandlers (after log rotation)."""
@@ -261,23 +301,18 @@ class PreforkMixIn:
     # --- the control socket ------------------------------------------------------------
 
     def _sockherd_control_command(self, line: str) -> dict[str, Any]:
-        """Carry out one control-socket command (see `control`) and describe the result."""
-        pool = self._sockherd_pool
-        if pool is None:
+        """Carry out one control-socket command (see `control`) and describe the result.
+
+        In a group, commands act on every pool and `status` sums over them; each
+        worker is then tagged with its server's metrics label.
+        """
+        pools = self._sockherd_pools()
+        if not pools:
             return {"ok": False, "error": "the supervisor is not running"}
         command, _, argument = line.partition(" ")
         argument = argument.strip()
         if command == "status":
-            return {
-                "ok": True,
-                "desired": pool.desired,
-                "generation": pool.generation,
-                "workers": self.worker_stats(),
-                "requests_total": pool.scoreboard.total_requests(),
-                "restarts": dict(pool.restarts),
-                "exits": dict(pool.exit_counts),
-                "orphans_reaped": pool.orphans_reaped,
-            }
+            return self._sockherd_status(pools)
         if command == "scale":
             try:
                 number = int(argument)
@@ -287,11 +322,14 @@ class PreforkMixIn:
                     "error": f"scale needs a number (N, +N or -N), not {argument!r}",
                 }
             relative = argument[:1] in "+-"
-            desired = pool.scale_by(number) if relative else pool.scale_to(number)
-            return {"ok": True, "desired": desired}
+            desired = [
+                pool.scale_by(number) if relative else pool.scale_to(number) for pool in pools
+            ]
+            return {"ok": True, "desired": sum(desired)}
         if command == "reload":
-            pool.reload()
-            return {"ok": True, "generation": pool.generation}
+            for pool in pools:
+                pool.reload()
+            return {"ok": True, "generation": pools[0].generation}
         if command == "stop":
             self.shutdown()  # type: ignore[attr-defined]
             return {"ok": True}
@@ -300,14 +338,34 @@ class PreforkMixIn:
             "error": f"unknown command {command!r}; commands: status, scale N, reload, stop",
         }
 
+    def _sockherd_status(self, pools: list[WorkerPool]) -> dict[str, Any]:
+        group = self._sockherd_group()  # type: ignore[attr-defined]
+        workers = []
+        for server in group:
+            for worker in server.worker_stats():
+                if len(group) > 1:
+                    worker["server"] = server_label(server)
+                workers.append(worker)
+        return {
+            "ok": True,
+            "desired": sum(pool.desired for pool in pools),
+            "generation": pools[0].generation,
+            "workers": workers,
+            "requests_total": sum(pool.scoreboard.total_requests() for pool in pools),
+            "restarts": dict(sum((pool.restarts for pool in pools), collections.Counter())),
+            "exits": dict(sum((pool.exit_counts for pool in pools), collections.Counter())),
+            "orphans_reaped": sum(pool.orphans_reaped for pool in pools),
+        }
+
     # --- introspection ---------------------------------------------------------------
 
     def worker_stats(self) -> list[dict[str, Any]]:
-        """One dict per live worker: slot, pid, generation, state, requests, errors."""
+        """One dict per live worker: slot, pid, generation, state, requests, errors, age (s)."""
         pool = self._sockherd_pool
         if pool is None:
             return []
         stats = []
+        now = time.monotonic()
         for index in sorted(pool.workers):
             slot = pool.scoreboard.slots[index]
             stats.append(
@@ -318,11 +376,19 @@ class PreforkMixIn:
                     "state": pool.scoreboard.state(index).name.lower(),
                     "requests": slot.requests,
                     "errors": slot.errors,
+                    "age": round(now - pool.workers[index].started_at, 3),
                 }
             )
         return stats
 
     # --- sockherd internals ------------------------------------------------------------
+
+    def _sockherd_limit_reads(self, connection: Any) -> Any:
+        """Dispatch mode accepts in the supervisor: the worker that receives the
+        connection applies read_timeout there (a socket object does not travel)."""
+        if self._sockherd_handoff() == "dispatch":
+            return connection
+        return super()._sockherd_limit_reads(connection)  # type: ignore[misc]
 
     def _sockherd_accepting(self) -> bool:
         pool = self._sockherd_pool
@@ -368,6 +434,16 @@ class PreforkMixIn:
             raise ValueError(f"workers must be at least 1, not {self.workers}")
         if self.heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be positive")
+        check_read_timeout(getattr(self, "read_timeout", None))
+        self._sockherd_validate_metrics_security()
+
+    def _sockherd_validate_metrics_security(self) -> None:
+        """Fail before any worker is forked if the metrics auth or TLS settings are unusable."""
+        from ..metrics.endpoint_security import BasicAuth, tls_context
+
+        if self.metrics_basic_auth is not None:  # type: ignore[attr-defined]
+            BasicAuth(self.metrics_basic_auth)  # type: ignore[attr-defined]
+        tls_context(self.metrics_tls_certfile, self.metrics_tls_keyfile)  # type: ignore[attr-defined]
 
     def _sockherd_configure(self, settings: dict[str, Any]) -> None:
         unknown = sorted(set(settings) - set(SETTINGS))

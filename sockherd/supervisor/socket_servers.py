@@ -7,6 +7,11 @@ Two things differ from CPython on purpose:
   one-second SYN retries.
 * A failed `bind()` raises `BindError`, an OSError with the same `errno`, whose
   message names the address and says what to do about it.
+
+And one setting CPython lacks: `read_timeout` (stream servers; default None,
+CPython's behaviour).  When set, `get_request()` hands out each connection with
+its reads bounded by a deadline, so a client that sends nothing or trickles
+bytes is cut off after `read_timeout` seconds (see `read_deadline`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import socket
 from typing import Any
 
 from .base_server import BaseServer
+from .read_deadline import limit_reads
 
 
 class BindError(OSError):
@@ -99,6 +105,7 @@ class TCPServer(BaseServer):
     - request_queue_size (only for stream sockets)
     - allow_reuse_address
     - allow_reuse_port
+    - read_timeout (sockherd; only for stream sockets)
 
     Instance variables:
 
@@ -116,6 +123,10 @@ class TCPServer(BaseServer):
     allow_reuse_address = False
 
     allow_reuse_port = False
+
+    # sockherd: seconds a client gets to send each request (from the accept, and again
+    # after each reply); None (CPython's behaviour) waits forever.  See `read_deadline`.
+    read_timeout: float | None = None
 
     def __init__(
         self, server_address: Any, RequestHandlerClass: Any, bind_and_activate: bool = True
@@ -185,8 +196,17 @@ class TCPServer(BaseServer):
 
         May be overridden.
 
+        sockherd: with `read_timeout` set, the connection's reads are bounded by a
+        deadline before anything else sees it (an override that wraps the
+        connection, e.g. in TLS, should start from super().get_request()).
+        A read_timeout that is not positive raises ValueError.
         """
-        return self.socket.accept()
+        connection, client_address = self.socket.accept()
+        return self._sockherd_limit_reads(connection), client_address
+
+    def _sockherd_limit_reads(self, connection: Any) -> Any:
+        """Apply `read_timeout` to a connection just accepted (PreforkMixIn defers it)."""
+        return limit_reads(connection, self.read_timeout)
 
     def shutdown_request(self, request: Any) -> None:
         """Called to shutdown and close an individual request."""

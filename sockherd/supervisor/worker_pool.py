@@ -13,7 +13,9 @@ calls `tick()`, which runs three reconciliation steps:
   to stderr), and SIGKILL to its whole process group `kill_grace` seconds later;
 * `reconcile()`: fork workers until the current generation has `desired`
   live ones (waiting out a back-off after boot failures), stop surplus ones,
-  and during a reload stop one old worker for each new one that is ready;
+  and during a reload stop one old worker for each new one that is ready
+  (a worker that cannot be forked -- EAGAIN, ENOMEM, EMFILE -- is retried
+  after the same back-off, logged once per episode, see `fork_failures`);
 * nothing else: reaping happens in the exit-fd callback, as soon as a worker
   exits, through `Process.exitcode` (multiprocess's own waitpid), so the pool
   and multiprocess agree on every exit status and nothing is reaped twice.
@@ -32,7 +34,7 @@ import selectors
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..workers.fd_passing import send_connection
@@ -42,6 +44,8 @@ from ..workers.worker_loop import BOOT_FAILURE_EXIT, IDLE, READY, Worker
 from .autoscaler import Autoscaler, queued_connections
 from .child_exits import describe_wait_status
 from .child_watch import pidfd_supported
+from .fork_failures import ForkFailures
+from .worker_process import worker_process_class
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,7 @@ class WorkerHandle:
     talking: bool = True  # False once its channel reported EOF (the worker is exiting)
     stop_sent: bool = False
     abort_sent_at: float | None = None
+    started_at: float = field(default_factory=time.monotonic)
 
 
 class WorkerPool:
@@ -74,6 +79,8 @@ class WorkerPool:
 
         self.server = server
         self.context = multiprocess.get_context("fork")
+        self.process_class = worker_process_class(self.context)
+        self.fork_failures = ForkFailures("fork of a worker")
         self.desired = server._sockherd_worker_count()
         self.max_workers = max(server._sockherd_max_workers(), self.desired)
         self.scoreboard = Scoreboard(2 * self.max_workers)  # room for a reload's new generation
@@ -88,6 +95,7 @@ class WorkerPool:
         self.next_spawn_at = 0.0
         self.stopping = False
         self.orphans_reaped = 0
+        self.announced_ready: tuple[int, int] | None = None  # (generation, desired) last logged
         self.autoscaler = (
             Autoscaler(
                 server.min_spare_workers,
@@ -107,8 +115,12 @@ class WorkerPool:
         if index is None:
             log.warning("no free scoreboard slot: not starting another worker")
             return None
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        process = self.context.Process(
+        try:
+            parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as error:
+            self._spawn_failed(index, error)
+            return None
+        process = self.process_class(
             target=self._worker_main,
             args=(index, child_end),
             name=f"sockherd-worker-{index}",
@@ -119,9 +131,9 @@ class WorkerPool:
         except OSError as error:
             parent_end.close()
             child_end.close()
-            self.scoreboard.release(index)
-            log.error("fork() of a worker failed: %s", error)
+            self._spawn_failed(index, error)
             return None
+        self.fork_failures.succeeded()
         child_end.close()
         self.scoreboard.slots[index].pid = process.pid
         exit_fd, owns_exit_fd = self._exit_fd(process)
@@ -131,6 +143,18 @@ class WorkerPool:
         self.server._sockherd_add_wake_source(exit_fd, lambda: self.on_exit(index))
         self.server._sockherd_add_wake_source(parent_end.fileno(), lambda: self.on_message(index))
         return handle
+
+    def _spawn_failed(self, index: int, error: OSError) -> None:
+        """A worker could not be forked (EAGAIN, ENOMEM, EMFILE): back off, log once, count."""
+        self.scoreboard.release(index)
+        failures = self.fork_failures.episode_failures + 1
+        delay = min(BOOT_BACKOFF_FIRST * 2 ** (failures - 1), BOOT_BACKOFF_MAX)
+        self.next_spawn_at = time.monotonic() + delay
+        self.fork_failures.failed(
+            error,
+            f"retrying in {delay:.1f} s, backing off up to {BOOT_BACKOFF_MAX:.0f} s, "
+            "until it works again",
+        )
 
     def _exit_fd(self, process: Any) -> tuple[int, bool]:
         if pidfd_supported():
@@ -144,11 +168,15 @@ class WorkerPool:
         """In the child: drop the supervisor's fds, then run the worker loop."""
         os.setpgid(0, 0)  # its own process group: a timeout kill takes its children too
         _die_with_parent()
-        self.server._sockherd_close_supervisor_fds()
-        for handle in self.workers.values():
-            handle.channel.close()
-            if handle.owns_exit_fd:
-                os.close(handle.exit_fd)
+        for server in self.server._sockherd_group():  # one server, or a group's every one
+            server._sockherd_close_supervisor_fds()
+            pool = server._sockherd_pool
+            for handle in pool.workers.values() if pool is not None else ():
+                handle.channel.close()
+                if handle.owns_exit_fd:
+                    os.close(handle.exit_fd)
+            if server is not self.server:
+                server.socket.close()  # another server's listener: not this worker's business
         worker = Worker(
             self.server,
             index,
@@ -181,8 +209,16 @@ class WorkerPool:
             if event == READY[0]:
                 handle.ready = True
                 self.boot_failures = 0
+                self._announce_readiness()
             if event in (READY[0], IDLE[0]) and self.dispatching and not handle.stop_sent:
                 self.idle.append(index)
+
+    def _announce_readiness(self) -> None:
+        """Log "N workers ready" once each time the current generation becomes complete."""
+        ready = sum(1 for handle in self.current() if handle.ready)
+        if ready >= self.desired and self.announced_ready != (self.generation, self.desired):
+            self.announced_ready = (self.generation, self.desired)
+            log.info("%d worker%s ready", ready, "" if ready == 1 else "s")
 
     def on_exit(self, index: int) -> None:
         """The worker's exit fd is readable: reap it (once) and free its slot."""
@@ -218,7 +254,7 @@ class WorkerPool:
         except ValueError:
             pass
         lost = None
-        if state == WorkerState.BUSY:
+        if self.scoreboard.request_in_hand(handle.index):
             lost = "timeouts" if handle.abort_sent_at is not None else "aborted"
         self.scoreboard.release(handle.index, lost)
         self.server._sockherd_child_reaped(pid)
@@ -245,37 +281,12 @@ class WorkerPool:
         else:
             self.restarts["crashed"] += 1
             log.warning(
-                "worker %d (pid %d) exited unexpectedly (%s) while %s; replacing it",
+                "worker %d (pid %d) exited on %s while %s, replacing",
                 handle.index,
                 pid,
-                reason,
-                state.name,
+                reason.removeprefix("signal ") if reason.startswith("signal") else reason,
+                state.name.lower(),
             )
-
-    def reap_orphans(self) -> None:
-        """PID 1 or subreaper duty: reap every exited child, workers included.
-
-        A worker reaped here hands its status to multiprocess's Popen, so
-        `Process.exitcode` and the pool agree; anything else is an orphan that
-        a handler forked and abandoned, and is only counted.
-        """
-        by_pid = {h.process.pid: h for h in self.workers.values()}
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            handle = by_pid.get(pid)
-            if handle is None:
-                self.orphans_reaped += 1
-                self.server._sockherd_child_reaped(pid)
-                log.debug("reaped orphan pid %d (%s)", pid, describe_wait_status(status))
-                continue
-            code = os.waitstatus_to_exitcode(status)
-            handle.process._popen.returncode = code  # the status is ours now: tell multiprocess
-            self.forget(handle, code)
 
     # --- the reconciliation steps, run after every loop wake-up ---------------------
 
@@ -542,3 +553,30 @@ def _die_with_parent() -> None:
     if not _pdeathsig_noted:
         _pdeathsig_noted = True
         log.info("PR_SET_PDEATHSIG is not available: workers notice a dead supervisor late")
+
+
+def reap_orphans(pools: list[WorkerPool]) -> None:
+    """PID 1 or subreaper duty: reap every exited child, the pools' workers included.
+
+    A worker reaped here hands its status to multiprocess's Popen, so
+    `Process.exitcode` and its pool agree; anything else is an orphan that a
+    handler forked and abandoned, and is only counted (in the first pool).
+    """
+    by_pid = {h.process.pid: (pool, h) for pool in pools for h in pool.workers.values()}
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        owner = by_pid.get(pid)
+        if owner is None:
+            pools[0].orphans_reaped += 1
+            pools[0].server._sockherd_child_reaped(pid)
+            log.debug("reaped orphan pid %d (%s)", pid, describe_wait_status(status))
+            continue
+        pool, handle = owner
+        code = os.waitstatus_to_exitcode(status)
+        handle.process._popen.returncode = code  # the status is ours now: tell multiprocess
+        pool.forget(handle, code)

@@ -35,6 +35,8 @@ class Slot(ctypes.Structure):
         ("heartbeat", ctypes.c_double),
         ("requests", ctypes.c_uint64),  # finished, ok or error
         ("errors", ctypes.c_uint64),
+        ("timeouts", ctypes.c_uint64),  # cut off by read_timeout (not in `requests`)
+        ("begun", ctypes.c_uint64),  # requests started: see Scoreboard.request_in_hand()
         ("duration_sum", ctypes.c_double),
         ("buckets", ctypes.c_uint64 * BUCKETS),  # non-cumulative
     ]
@@ -52,7 +54,7 @@ class FoldedCounts:
 
     requests: int = 0
     errors: int = 0
-    timeouts: int = 0  # requests in hand when a worker was killed for its timeout
+    timeouts: int = 0  # cut off by read_timeout, or in hand when killed for worker_timeout
     aborted: int = 0  # requests in hand when a worker died otherwise
     duration_sum: float = 0.0
     buckets: list[int] = field(default_factory=lambda: [0] * BUCKETS)
@@ -83,14 +85,33 @@ class Scoreboard:
         """Record that the worker in slot `index` is alive and not stuck."""
         self.slots[index].heartbeat = time.monotonic()
 
-    def record_request(self, index: int, seconds: float, failed: bool) -> None:
-        """The worker in slot `index` finished a request (worker side)."""
+    def begin_request(self, index: int) -> None:
+        """The worker in slot `index` took a request in hand (worker side)."""
+        self.slots[index].begun += 1
+
+    def record_request(self, index: int, seconds: float, outcome: str) -> None:
+        """The worker in slot `index` finished a request with `outcome`: "ok", "error",
+        or "timeout" (its connection was cut off by read_timeout).  Worker side."""
         slot = self.slots[index]
-        slot.requests += 1
-        if failed:
-            slot.errors += 1
         slot.duration_sum += seconds
         slot.buckets[bucket_index(seconds)] += 1
+        if outcome == "error":
+            slot.errors += 1
+        # Last, one store that makes the request finished: a worker killed before it
+        # lost the request (request_in_hand), after it did not; never both.
+        if outcome == "timeout":
+            slot.timeouts += 1
+        else:
+            slot.requests += 1
+
+    def request_in_hand(self, index: int) -> bool:
+        """Whether the worker in slot `index` has begun a request it has not finished.
+
+        Exact even when the worker was killed at any point of finishing it, where
+        its BUSY state is not: it stays BUSY a moment after counting the request.
+        """
+        slot = self.slots[index]
+        return bool(slot.begun > slot.requests + slot.timeouts)
 
     def claim(self, generation: int) -> int | None:
         """Take a FREE slot for a worker about to be forked; None if all are taken."""
@@ -115,13 +136,14 @@ class Scoreboard:
         folded = self.folded[index]
         folded.requests += slot.requests
         folded.errors += slot.errors
+        folded.timeouts += slot.timeouts
         folded.duration_sum += slot.duration_sum
         for bucket in range(BUCKETS):
             folded.buckets[bucket] += slot.buckets[bucket]
             slot.buckets[bucket] = 0
         if request_lost:
             setattr(folded, request_lost, getattr(folded, request_lost) + 1)
-        slot.requests = slot.errors = 0
+        slot.requests = slot.errors = slot.timeouts = slot.begun = 0
         slot.duration_sum = 0.0
         slot.pid = 0
         self.set_state(index, WorkerState.FREE)
@@ -132,7 +154,7 @@ class Scoreboard:
         return FoldedCounts(
             requests=folded.requests + slot.requests,
             errors=folded.errors + slot.errors,
-            timeouts=folded.timeouts,
+            timeouts=folded.timeouts + slot.timeouts,
             aborted=folded.aborted,
             duration_sum=folded.duration_sum + slot.duration_sum,
             buckets=[folded.buckets[b] + slot.buckets[b] for b in range(BUCKETS)],

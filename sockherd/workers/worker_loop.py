@@ -14,10 +14,11 @@ Hand-off modes:
   supervisor sets SO_RCVTIMEO on the listener, so accept() returns EAGAIN every
   `heartbeat_interval` seconds: the worker then beats its heartbeat and checks
   whether it was told to stop.  Each accepted socket gets SO_RCVTIMEO cleared
-  (the kernel copies it from the listener).  Datagram servers work the same
-  way with `recvfrom()`.
+  (the kernel copies it from the listener); `get_request()` then applies the
+  server's `read_timeout`.  Datagram servers work the same way with `recvfrom()`.
 * **dispatch**: the supervisor accepts and passes each connection over the
-  channel (SCM_RIGHTS); the worker waits on the channel and a self-pipe.
+  channel (SCM_RIGHTS); the worker waits on the channel and a self-pipe, and
+  applies `read_timeout` to each connection it receives.
 
 The supervisor asks a worker to stop after the request in hand by setting its
 slot's `stop` flag and sending SIGTERM (which interrupts a blocking call).  When the whole
@@ -39,6 +40,7 @@ import sys
 import time
 from typing import Any
 
+from ..supervisor.read_deadline import limit_reads
 from .fd_passing import receive_connection
 from .lifecycle import WorkerState
 from .scoreboard import Scoreboard
@@ -210,24 +212,28 @@ class Worker:
             return error.errno in (errno.EAGAIN, errno.EINTR)
         if received is None:
             return False  # the supervisor closed our channel
-        self.serve(*received)
+        connection, client_address = received
+        self.serve(
+            limit_reads(connection, getattr(self.server, "read_timeout", None)), client_address
+        )
         self.tell(IDLE)
         return True
 
     def serve(self, request: Any, client_address: Any) -> None:
         """Run the handler on one request exactly as a synchronous server would."""
         self.scoreboard.set_state(self.index, WorkerState.BUSY)
+        self.scoreboard.begin_request(self.index)
         began = time.monotonic()
-        failed = False
+        outcome = "ok"
         try:
             self.server.finish_request(request, client_address)
         except Exception:
-            failed = True
+            outcome = self.server._sockherd_failure_outcome(request)
             self.server.handle_error(request, client_address)
         finally:
             # Count before the connection closes: once the client has its answer, the
             # scoreboard already shows the request.
-            self.scoreboard.record_request(self.index, time.monotonic() - began, failed)
+            self.scoreboard.record_request(self.index, time.monotonic() - began, outcome)
             self.served += 1
             self.server.shutdown_request(request)
             if self.memory_limit and resident_memory() > self.memory_limit:

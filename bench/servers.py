@@ -1,0 +1,176 @@
+"""The servers under test, one per name, each started in its own process.
+
+    python bench/servers.py NAME [--workers N] [--metrics PORT] [--keepalive]
+
+Prints the listening port on stdout once it listens, then serves on 127.0.0.1
+until killed.  The runner starts each server in a new session pinned to one
+CPU and stops it with SIGKILL to the whole process group.
+
+Echo servers run sockherd's `EchoHandler` (a `StreamRequestHandler`); HTTP
+servers run http.server's `BaseHTTPRequestHandler` subclass `HelloHandler` from
+sockherd's examples (`--keepalive`: the same handler speaking HTTP/1.1 with
+TCP_NODELAY, so it keeps a connection open between requests).  gunicorn and the C server are
+started by the runner directly (see `command()`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from sockherd.examples.echo import EchoHandler  # noqa: E402
+from sockherd.examples.hello_http import HelloHandler  # noqa: E402
+
+ECHO_SERVERS = (
+    "c-epoll",
+    "cpython-sync",
+    "cpython-threading",
+    "cpython-forking",
+    "handmade-prefork",
+    "sockherd-sync",
+    "sockherd-threading",
+    "sockherd-forking",
+    "sockherd-prefork-accept",
+    "sockherd-prefork-dispatch",
+)
+HTTP_SERVERS = (
+    "c-epoll",
+    "cpython-threading-http",
+    "gunicorn-sync",
+    "sockherd-prefork-accept-http",
+    "sockherd-prefork-dispatch-http",
+)
+# sockherd servers that take --metrics (the others have no metrics endpoint).
+METRICS_CAPABLE = frozenset(name for name in ECHO_SERVERS + HTTP_SERVERS if "sockherd" in name)
+CLASS_NAMES = {
+    "sync": "TCPServer",
+    "threading": "ThreadingTCPServer",
+    "forking": "ForkingTCPServer",
+}
+
+
+class KeepAliveHelloHandler(HelloHandler):
+    """HelloHandler speaking HTTP/1.1: the connection stays open between requests.
+
+    With TCP_NODELAY (the stdlib's `disable_nagle_algorithm`): http.server sends the
+    headers and the body in two writes, and on a kept-alive connection Nagle's
+    algorithm holds the body until the client's delayed ACK, 40 ms per request."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+
+def command(
+    name: str,
+    python: str,
+    build_dir: str,
+    workers: int,
+    port: int,
+    metrics_port: int | None = None,
+    keepalive: bool = False,
+) -> list[str]:
+    """The argv that starts server `name`.  `port` is used only by gunicorn, which cannot
+    pick its own (the others print theirs); `metrics_port` only by sockherd servers."""
+    if name == "c-epoll":
+        return [os.path.join(build_dir, "fastserver")]
+    if name == "gunicorn-sync":
+        return [
+            python,
+            "-m",
+            "gunicorn",
+            "--chdir",
+            HERE,
+            "--worker-class",
+            "sync",
+            "--workers",
+            str(workers),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--backlog",
+            str(socket.SOMAXCONN),
+            "--log-level",
+            "warning",
+            "wsgi_app:application",
+        ]
+    argv = [python, os.path.abspath(__file__), name, "--workers", str(workers)]
+    if metrics_port is not None:
+        argv += ["--metrics", str(metrics_port)]
+    return argv + (["--keepalive"] if keepalive else [])
+
+
+def build_server(name: str, workers: int, keepalive: bool) -> Any:
+    """A bound, listening server object for `name` (not the C server nor gunicorn)."""
+    address = ("127.0.0.1", 0)
+    http_handler = KeepAliveHelloHandler if keepalive else HelloHandler
+    if name == "cpython-threading-http":
+        import http.server
+
+        return http.server.ThreadingHTTPServer(address, http_handler)
+    if name.startswith("cpython-"):
+        import socketserver
+
+        return getattr(socketserver, CLASS_NAMES[name.split("-")[1]])(address, EchoHandler)
+    import sockherd
+
+    if name.startswith("sockherd-prefork-"):
+        handler = http_handler if name.endswith("-http") else EchoHandler
+        handoff = name.split("-")[2]
+        return sockherd.PreforkTCPServer(address, handler, workers=workers, handoff=handoff)
+    return getattr(sockherd, CLASS_NAMES[name.split("-")[1]])(address, EchoHandler)
+
+
+def serve_handmade_prefork(workers: int) -> None:
+    """The Python ceiling: `workers` forked processes blocking in accept() on one socket,
+    each running EchoHandler exactly as TCPServer would, with no supervision at all."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=socket.SOMAXCONN)
+    print(listener.getsockname()[1], flush=True)
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            _accept_forever(listener)
+        children.append(pid)
+    for _ in children:  # the runner SIGKILLs the whole process group
+        os.wait()
+
+
+def _accept_forever(listener: socket.socket) -> None:
+    while True:
+        connection, address = listener.accept()
+        try:
+            EchoHandler(connection, address, None)
+        except Exception:
+            pass
+        finally:
+            try:
+                connection.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            connection.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", choices=sorted(set(ECHO_SERVERS + HTTP_SERVERS)))
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--metrics", type=int, default=None, help="metrics port (sockherd)")
+    parser.add_argument("--keepalive", action="store_true", help="HTTP/1.1 handler")
+    args = parser.parse_args()
+    if args.name == "handmade-prefork":
+        serve_handmade_prefork(args.workers)
+        return
+    server = build_server(args.name, args.workers, args.keepalive)
+    if args.metrics is not None:
+        server.metrics_address = ("127.0.0.1", args.metrics)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()  # the runner SIGKILLs the whole process group
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""The issue's performance targets, checked against one run's rows.
+
+Each check names the target, the value measured (a median over rounds of
+per-round ratios, or a median latency) and whether it is met.  A check whose
+cells were not measured (say --quick left them out) is reported as skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from report import medians, paired_ratio
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One target: what it asks, what was measured, whether it holds (None: not measured)."""
+
+    target: str
+    measured: str
+    met: bool | None
+
+
+def _key(protocol: str, server: str, concurrency: int = 16, metrics: bool = False) -> tuple:
+    return (protocol, server, concurrency, "new", metrics, "loadgen")
+
+
+def check(rows: list[dict]) -> list[Outcome]:
+    """Every target of the issue, in the issue's order."""
+    summary = medians(rows)
+    outcomes: list[Outcome] = []
+
+    def ratio_target(text: str, key: tuple, base: tuple, minimum: float) -> None:
+        if key not in summary or base not in summary:
+            outcomes.append(Outcome(text, "not measured", None))
+            return
+        ratio = paired_ratio(rows, key, base)
+        outcomes.append(Outcome(text, f"{ratio:.2f}×", ratio >= minimum))
+
+    for handoff in ("accept", "dispatch"):
+        ours = _key("echo", f"sockherd-prefork-{handoff}")
+        for base, minimum in (
+            ("cpython-forking", 25),
+            ("cpython-threading", 3),
+            ("handmade-prefork", 0.95),
+        ):
+            ratio_target(
+                f"echo prefork-{handoff} ≥ {minimum}× {base} (c16, new conn)",
+                ours,
+                _key("echo", base),
+                minimum,
+            )
+    gunicorn = _key("http", "gunicorn-sync")
+    for handoff in ("accept", "dispatch"):
+        ours = _key("http", f"sockherd-prefork-{handoff}-http")
+        ratio_target(f"HTTP prefork-{handoff} ≥ 1.3× gunicorn sync (c16)", ours, gunicorn, 1.3)
+        if ours in summary and gunicorn in summary:
+            mine, theirs = summary[ours]["p99_us"], summary[gunicorn]["p99_us"]
+            outcomes.append(
+                Outcome(
+                    f"HTTP prefork-{handoff} p99 ≤ gunicorn sync p99 (c16)",
+                    f"{mine / 1000:.2f} ms vs {theirs / 1000:.2f} ms",
+                    mine <= theirs,
+                )
+            )
+    ratio_target(
+        "echo sockherd forking ≥ 1.0× CPython ForkingTCPServer (c16)",
+        _key("echo", "sockherd-forking"),
+        _key("echo", "cpython-forking"),
+        1.0,
+    )
+    for server, limit in (("sockherd-forking", 300.0), ("cpython-forking", None)):
+        key = _key("echo", server, 64)
+        if key not in summary:
+            outcomes.append(Outcome(f"echo {server} max latency at c64", "not measured", None))
+            continue
+        figures = summary[key]
+        measured = f"max {figures['max_us'] / 1000:.0f} ms, p99 {figures['p99_us'] / 1000:.0f} ms"
+        if limit is None:
+            outcomes.append(Outcome(f"echo {server} at c64 (reference)", measured, None))
+        else:
+            met = figures["max_us"] < limit * 1000
+            outcomes.append(Outcome(f"echo {server} max < {limit:.0f} ms (c64)", measured, met))
+    for key in summary:
+        if key[4]:
+            ratio_target(
+                f"{key[0]} {key[1]} metrics on ≥ 0.97× off (c{key[2]})",
+                key,
+                key[:4] + (False,) + key[5:],
+                0.97,
+            )
+    return outcomes
+
+
+def loadgen_headroom(rows: list[dict]) -> str:
+    """How far the C yardstick server outruns the fastest Python server (c16, new conn)."""
+    summary = medians(rows)
+    lines = []
+    for protocol in ("echo", "http"):
+        ceiling = summary.get(_key(protocol, "c-epoll"))
+        python = [
+            (figures["rps"], key[1])
+            for key, figures in summary.items()
+            if key[0] == protocol
+            and key[1] != "c-epoll"
+            and key[2:] == (16, "new", False, "loadgen")
+        ]
+        if ceiling is None or not python:
+            continue
+        best, name = max(python)
+        headroom = ceiling["rps"] / best if best else math.inf
+        lines.append(
+            f"{protocol}: the load generator drives the C epoll server at {ceiling['rps']:.0f} "
+            f"req/s, {headroom:.1f}× the fastest Python server ({name}, {best:.0f} req/s)"
+        )
+    return "; ".join(lines)
+
+
+def markdown(outcomes: list[Outcome]) -> list[str]:
+    """The targets as a Markdown table."""
+    lines = ["| target | measured | |", "|---|---|---|"]
+    for outcome in outcomes:
+        verdict = {True: "PASS", False: "MISS", None: "–"}[outcome.met]
+        lines.append(f"| {outcome.target} | {outcome.measured} | {verdict} |")
+    return lines + [""]

@@ -1,0 +1,281 @@
+"""What `sockherd serve` runs: load the target, build one server per listener, serve.
+
+The target is `MODULE:ATTRIBUTE`, either a request handler class (a subclass of
+sockherd's or socketserver's `BaseRequestHandler`), served on every --bind
+address in the chosen mode, or a factory: a function that takes no arguments
+and returns a server it built itself (its own address and class; --bind and
+--mode are then not used).  Every mistake a person can make here raises
+`LaunchError` with one line that says what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import socket
+import socketserver as stdlib_socketserver
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .bind import Listener, parse_bind
+from .supervisor.listen_fds import adopt_socket
+
+log = logging.getLogger("sockherd")
+
+LOG_FORMAT = "sockherd[%(process)d] %(levelname)s: %(message)s"
+
+_CLASS_NAMES = {
+    # (Unix domain?, datagrams?) -> socketserver class name
+    (False, False): "TCPServer",
+    (False, True): "UDPServer",
+    (True, False): "UnixStreamServer",
+    (True, True): "UnixDatagramServer",
+}
+_MODE_PREFIXES = {"sync": "", "thread": "Threading", "fork": "Forking", "prefork": "Prefork"}
+PREFORK_ONLY = (
+    "workers",
+    "min_workers",
+    "max_workers",
+    "autoscale",
+    "handoff",
+    "max_requests",
+    "timeout",
+    "control",
+)
+
+
+class LaunchError(Exception):
+    """The command cannot start as asked; the message says what is wrong and what to do."""
+
+
+@dataclass
+class Target:
+    """What MODULE:ATTRIBUTE named: a handler class, or a factory returning a server."""
+
+    path: str
+    handler: type | None = None
+    factory: Callable[[], Any] | None = None
+
+
+def configure_logging(level: str) -> None:
+    """Send log records at `level` and above to stderr, one readable line each."""
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, force=True)
+
+
+def load_target(path: str) -> Target:
+    """Import MODULE:ATTRIBUTE and tell a handler class from a server factory."""
+    module_name, sep, attribute = path.partition(":")
+    if not sep or not module_name or not attribute:
+        raise LaunchError(
+            f"{path!r} must be MODULE:HANDLER or MODULE:FACTORY, "
+            "e.g. sockherd.examples.echo:EchoHandler"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise LaunchError(
+            f"{path!r}: cannot import module {module_name!r} ({error}); "
+            "check the name and that it is on PYTHONPATH"
+        )
+    try:
+        value = getattr(module, attribute)
+    except AttributeError:
+        raise LaunchError(
+            f"{path!r}: module {module_name!r} has no attribute {attribute!r}; "
+            f"it has: {', '.join(_public_names(module)) or 'no public names'}"
+        )
+    if isinstance(value, type):
+        if _is_handler(value):
+            return Target(path, handler=value)
+        raise LaunchError(
+            f"{path!r} is the class {value.__name__}, not a request handler: "
+            "name a subclass of socketserver.BaseRequestHandler, or a function returning a server"
+        )
+    if callable(value):
+        return Target(path, factory=value)
+    raise LaunchError(
+        f"{path!r} is a {type(value).__name__}, not a request handler class "
+        "or a function returning a server"
+    )
+
+
+def build_servers(target: Target, listeners: list[Listener], mode: str, options: dict) -> list:
+    """The servers to run: one per listener for a handler, the factory's one otherwise."""
+    if target.factory is not None:
+        return [_call_factory(target)]
+    assert target.handler is not None
+    settings = prefork_settings(options) if mode == "prefork" else {}
+    servers: list[Any] = []
+    try:
+        for listener in listeners:
+            servers.append(_server_for(listener, target.handler, mode, settings))
+    except BaseException:
+        for server in servers:
+            server.server_close()
+        raise
+    return servers
+
+
+def prefork_settings(options: dict) -> dict[str, Any]:
+    """PreforkMixIn keyword arguments from the resolved command-line options."""
+    names = {
+        "workers": "workers",
+        "min_workers": "min_workers",
+        "max_workers": "max_workers",
+        "autoscale": "autoscale",
+        "handoff": "handoff",
+        "max_requests": "max_requests",
+        "timeout": "worker_timeout",
+        "graceful_timeout": "graceful_timeout",
+        "control": "control_socket",
+    }
+    settings = {keyword: options[name] for name, keyword in names.items()}
+    settings = {keyword: value for keyword, value in settings.items() if value is not None}
+    low, high = options.get("min_workers"), options.get("max_workers")
+    if low is not None and high is not None and low > high:
+        raise LaunchError(f"--min-workers {low} is more than --max-workers {high}")
+    return settings
+
+
+def apply_common_settings(servers: list, options: dict) -> None:
+    """Settings every mode has: the read timeout, and metrics on the first server."""
+    for server in servers:
+        if options.get("read_timeout") is not None:
+            server.read_timeout = options["read_timeout"]
+    first = servers[0]
+    if options.get("metrics"):
+        listener = parse_bind(options["metrics"])
+        if listener.datagram or listener.family not in (socket.AF_INET, socket.AF_INET6):
+            raise LaunchError(
+                f"--metrics {options['metrics']!r} must be HOST:PORT, e.g. 127.0.0.1:9100"
+            )
+        first.metrics_address = listener.address
+        if options.get("metrics_auth_file"):
+            first.metrics_basic_auth = read_credentials(options["metrics_auth_file"])
+        cert, key = options.get("metrics_tls_cert"), options.get("metrics_tls_key")
+        if bool(cert) != bool(key):
+            raise LaunchError("--metrics-tls-cert and --metrics-tls-key go together: give both")
+        for path in (cert, key):
+            if path and not os.access(path, os.R_OK):
+                raise LaunchError(f"cannot read {path}: check the path and its permissions")
+        first.metrics_tls_certfile, first.metrics_tls_keyfile = cert, key
+    elif any(options.get(name) for name in ("metrics_auth_file", "metrics_tls_cert")):
+        raise LaunchError("--metrics-auth-file and --metrics-tls-* need --metrics HOST:PORT")
+
+
+def read_credentials(path: str) -> tuple[str, str]:
+    """`user:password` from the first line of a file (kept off the command line)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            line = file.readline().rstrip("\r\n")
+    except OSError as error:
+        raise LaunchError(f"cannot read the metrics credentials file {path}: {error.strerror}")
+    user, sep, password = line.partition(":")
+    if not sep or not user or not password:
+        raise LaunchError(f"the metrics credentials file {path} must hold one line USER:PASSWORD")
+    return user, password
+
+
+def describe(server: Any, mode: str) -> str:
+    """How the "listening on" line names a server: its URL and how it serves."""
+    address = server.server_address
+    family = server.address_family
+    datagram = server.socket_type == socket.SOCK_DGRAM
+    if isinstance(address, bytes):
+        address = address.decode(errors="replace")
+    url = Listener(family, address, datagram).url
+    if mode == "prefork":
+        count = server._sockherd_worker_count()
+        return f"{url} (prefork, {count} worker{'' if count == 1 else 's'})"
+    return f"{url} ({mode})"
+
+
+def mode_of(server: Any) -> str:
+    """The mode a factory's server runs in, from its class."""
+    for mode, prefix in (("prefork", "Prefork"), ("fork", "Forking"), ("thread", "Threading")):
+        if any(cls.__name__.startswith(prefix) for cls in type(server).__mro__):
+            return mode
+    return "sync"
+
+
+class StopRequested(Exception):
+    """SIGTERM or SIGINT arrived before the loop was serving: stop without serving."""
+
+
+def stop_on_signals(server: Any) -> None:
+    """SIGTERM and SIGINT ask the loop to stop; before it serves, they raise StopRequested.
+
+    A prefork server replaces these handlers with its own while it serves.
+    """
+
+    def stop(signum: int, frame: object) -> None:
+        if server._sockherd_serving_thread is None:
+            raise StopRequested
+        server.shutdown()  # from the serving thread, sockherd only asks the loop to stop
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _server_for(listener: Listener, handler: type, mode: str, settings: dict) -> Any:
+    cls = server_class(mode, listener.family, listener.datagram)
+    inherited = listener.inherited
+    server = cls(listener.address, handler, bind_and_activate=inherited is None, **settings)
+    if inherited is not None:
+        adopt_socket(server, inherited)
+    return server
+
+
+def server_class(mode: str, family: int, datagram: bool) -> type:
+    """A sockherd server class for a mode, an address family and a transport.
+
+    A TCP server gets `allow_reuse_address`, so a restarted server need not wait
+    out TIME_WAIT; an IPv6 address gets `address_family = AF_INET6`.
+    """
+    import sockherd
+
+    unix = family == getattr(socket, "AF_UNIX", None)
+    base = getattr(sockherd, _MODE_PREFIXES[mode] + _CLASS_NAMES[(unix, datagram)])
+    attributes: dict[str, Any] = {"address_family": family}
+    if not unix and not datagram:
+        attributes["allow_reuse_address"] = True
+    return type(base.__name__, (base,), attributes)
+
+
+def _call_factory(target: Target) -> Any:
+    assert target.factory is not None
+    try:
+        server = target.factory()
+    except OSError:
+        raise  # a bind error and the like: reported as such
+    except Exception as error:
+        log.debug("the factory %s raised", target.path, exc_info=True)
+        raise LaunchError(
+            f"the factory {target.path!r} raised {type(error).__name__}: {error} "
+            "(--log-level debug shows the traceback)"
+        )
+    if not callable(getattr(server, "serve_forever", None)) or not hasattr(
+        server, "server_address"
+    ):
+        raise LaunchError(
+            f"the factory {target.path!r} returned a {type(server).__name__}, not a server: "
+            "it must return a socketserver/sockherd server instance"
+        )
+    return server
+
+
+def _is_handler(cls: type) -> bool:
+    import sockherd
+
+    return issubclass(cls, sockherd.BaseRequestHandler | stdlib_socketserver.BaseRequestHandler)
+
+
+def _public_names(module: Any) -> list[str]:
+    names = [name for name in vars(module) if not name.startswith("_")]
+    return sorted(names)[:12]

@@ -1,0 +1,54 @@
+"""The multiprocess Process class the pool forks workers with: one that leaks nothing when
+fork() fails.
+
+multiprocess's fork `Popen._launch()` makes two pipes and then calls
+`os.fork()`; when the fork fails (EAGAIN at the process limit, ENOMEM) the
+exception leaves the four pipe fds open, so a supervisor retrying through a
+long fork-failure episode would leak four fds per attempt and end in EMFILE.
+`_ClosingPopen` closes them.  It finds them in the failed frame rather than
+copying `_launch()`, whose body differs between multiprocess builds for
+different Pythons; the pipe variables have the same names in all of them.
+"""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+from typing import Any
+
+_PIPE_NAMES = ("parent_r", "child_w", "child_r", "parent_w")
+
+
+def _close_pipes_of_failed_launch(traceback: TracebackType | None, code: Any) -> None:
+    while traceback is not None:
+        frame = traceback.tb_frame
+        if frame.f_code is code:
+            for name in _PIPE_NAMES:
+                fd = frame.f_locals.get(name)
+                if isinstance(fd, int):
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            return
+        traceback = traceback.tb_next
+
+
+def worker_process_class(context: Any) -> type:
+    """`context.Process` (a fork context's), made to close its pipes when fork() fails."""
+    from multiprocess.popen_fork import Popen
+
+    class _ClosingPopen(Popen):  # type: ignore[misc]
+        def _launch(self, process_obj: Any) -> None:
+            try:
+                super()._launch(process_obj)
+            except OSError as error:
+                _close_pipes_of_failed_launch(error.__traceback__, Popen._launch.__code__)
+                raise
+
+    class WorkerProcess(context.Process):  # type: ignore[misc, name-defined]
+        @staticmethod
+        def _Popen(process_obj: Any) -> Any:
+            return _ClosingPopen(process_obj)
+
+    return WorkerProcess
