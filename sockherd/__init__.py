@@ -70,21 +70,43 @@ if hasattr(socket, "AF_UNIX"):
 
         __all__.extend(["ForkingUnixStreamServer", "ForkingUnixDatagramServer"])
 
+# The prefork pool is imported on first use (see __getattr__ below): its modules (the
+# pool, the scoreboard, the control socket, the metrics collector) would add ~5 MB to
+# every process that imports sockherd, and a ForkingMixIn server copies its memory
+# map on every fork.
+_PREFORK_NAMES: list[str] = []
 if hasattr(os, "fork"):
-    from .supervisor.prefork import PreforkMixIn, PreforkTCPServer, PreforkUDPServer
-
-    __all__.extend(["PreforkMixIn", "PreforkTCPServer", "PreforkUDPServer"])
+    _PREFORK_NAMES += ["PreforkMixIn", "PreforkTCPServer", "PreforkUDPServer"]
     if hasattr(socket, "AF_UNIX"):
-        from .supervisor.prefork import PreforkUnixDatagramServer, PreforkUnixStreamServer
-
-        __all__.extend(["PreforkUnixStreamServer", "PreforkUnixDatagramServer"])
+        _PREFORK_NAMES += ["PreforkUnixStreamServer", "PreforkUnixDatagramServer"]
+    __all__.extend(_PREFORK_NAMES)
 
 # sockherd's own public names.
 __all__.extend(["BindError", "install"])
 
+
 # The public classes present themselves as sockherd.X, as CPython's do as socketserver.X.
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith(__name__ + "."):
-        _obj.__module__ = __name__
-del _name, _obj
+def _present_as_sockherd(names: list[str]) -> None:
+    for name in names:
+        obj = globals()[name]
+        if getattr(obj, "__module__", "").startswith(__name__ + "."):
+            obj.__module__ = __name__
+
+
+_present_as_sockherd([name for name in __all__ if name not in _PREFORK_NAMES])
+
+
+def __getattr__(name: str) -> object:
+    """Load the prefork classes the first time one of them is asked for."""
+    if name in _PREFORK_NAMES:
+        from .supervisor import prefork
+
+        for lazy in _PREFORK_NAMES:
+            globals()[lazy] = getattr(prefork, lazy)
+        _present_as_sockherd(_PREFORK_NAMES)
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PREFORK_NAMES))

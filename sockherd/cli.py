@@ -97,7 +97,7 @@ def serve(target_path: str, options: dict[str, Any]) -> int:
     target = load_target(target_path)
     mode = options["mode"]
     listeners = parse_binds(options["bind"], options["udp"]) if target.handler else []
-    if mode != "prefork":
+    if mode != "prefork" and target.factory is None:
         ignored = [OPTIONS[name].flag for name in PREFORK_ONLY if _given(name, options)]
         if ignored:
             log.warning("%s only apply to --mode prefork; ignored", ", ".join(ignored))
@@ -105,7 +105,13 @@ def serve(target_path: str, options: dict[str, Any]) -> int:
     try:
         if target.factory is not None:
             mode = mode_of(servers[0])
-            log.info("%s built its own server; --bind and --mode are not used", target_path)
+            log.info(
+                "%s built its own server; --bind, --mode and the pool settings are not used "
+                "(--control, --metrics and --read-timeout are)",
+                target_path,
+            )
+            if mode == "prefork" and options.get("control"):
+                servers[0].control_socket = options["control"]
         apply_common_settings(servers, options)
         stop_on_signals(servers[0])
         for server in servers:

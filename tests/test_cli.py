@@ -416,22 +416,39 @@ def test_log_level_warning_hides_the_info_lines():
     [("cli_targets:threaded_server", "(thread)", b"LOUD\n"),
      ("cli_targets:prefork_server", "(prefork, 2 workers)", b"loud\n")],
 )  # fmt: skip
-def test_a_factory_builds_its_own_server(factory, shown, reply):
+def test_a_factory_builds_its_own_server(tmp_path, factory, shown, reply):
+    control = str(tmp_path / "control.sock")
     process = subprocess.Popen(
-        [sys.executable, "-m", "sockherd", "serve", factory, "--bind", "127.0.0.1:1"],
+        [
+            sys.executable,
+            "-m",
+            "sockherd",
+            "serve",
+            factory,
+            "--bind",
+            "127.0.0.1:1",
+            "--mode",
+            "sync",
+            "--control",
+            control,
+        ],  # fmt: skip
         cwd=PROJECT_ROOT,
         env=dict(os.environ, PYTHONPATH=TESTS),
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        wait_for_line(process.stderr, "--bind and --mode are not used")
+        wait_for_line(process.stderr, "--bind, --mode and the pool settings are not used")
         line = wait_for_line(process.stderr, "listening on tcp://127.0.0.1:")
         assert line.rstrip().endswith(shown)
         assert tcp_request(address_of(line), b"loud\n") == reply
+        if "prefork" in shown:  # --control reaches the factory's pool
+            wait_for_line(process.stderr, "2 workers ready")
+            assert "2 workers (2 wanted)" in ctl(control, "status").stdout
     finally:
         status, err = stop(process)
     assert status == 0, err
+    assert "only apply to --mode prefork" not in err
 
 
 def test_make_run_serves_the_http_example_with_metrics_and_a_control_socket(tmp_path):

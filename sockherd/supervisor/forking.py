@@ -263,8 +263,20 @@ class ForkingMixIn:
             self.active_children.discard(pid)
 
     def _sockherd_maybe_exited(self) -> list[int]:
-        """Our children whose watch fd is readable, plus every child that has no watch fd."""
+        """Our children whose watch fd is readable, plus every child that has no watch fd.
+
+        While a serve loop runs, the watch fds sit in its selector and an exited child
+        is reaped by its callback as soon as the loop wakes: only the children without a
+        watch fd need looking at then, which keeps a poll() of every live child's fd off
+        each loop iteration.
+        """
         watches = self._sockherd_child_watches or {}
+        if self._sockherd_loop_wait is not None:  # type: ignore[attr-defined]
+            return [
+                pid
+                for pid in self.active_children or ()
+                if getattr(watches.get(pid), "fd", None) is None
+            ]
         candidates = []
         poller = select.poll() if hasattr(select, "poll") else None
         pid_by_fd = {}

@@ -130,6 +130,7 @@ class PreforkMixIn:
     _sockherd_signals: SignalRelay | None = None
     _sockherd_quick_stop = False
     _sockherd_orphan_duty = False
+    _sockherd_reap_due = False  # SIGCHLD arrived: reap orphans at the next service_actions()
     _sockherd_control: ControlSocket | None = None
     _sockherd_wrapped_refused = 0
 
@@ -207,14 +208,18 @@ class PreforkMixIn:
             pool.stop_all(graceful=not self._sockherd_quick_stop)
 
     def service_actions(self) -> None:
-        """Handle the signals received, then let the pool reconcile.  May be extended."""
+        """Handle the signals received, then let the pool reconcile (when something changed,
+        else every HOUSEKEEPING_INTERVAL seconds).  May be extended."""
         relay = self._sockherd_signals
         if relay is not None:
             for name in relay.pending():
                 getattr(self, "handle_" + name.lower())()
         pool = self._sockherd_pool
-        if pool is not None:
+        if pool is not None and (
+            self._sockherd_reap_due or pool.housekeeping_due(time.monotonic())
+        ):
             if self._sockherd_orphan_duty:
+                self._sockherd_reap_due = False
                 reap_orphans(self._sockherd_pools())  # one waitpid(WNOHANG) if none exited
             pool.tick()
         if self._sockherd_control is not None:
@@ -271,6 +276,7 @@ class PreforkMixIn:
 
     def handle_sigchld(self) -> None:
         """A child exited: reaping happens right after, in service_actions()."""
+        self._sockherd_reap_due = True
 
     def handle_sighup(self) -> None:
         """Rolling reload: a new generation of workers replaces the old one."""

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 BOOT_BACKOFF_FIRST = 0.1
 BOOT_BACKOFF_MAX = 10.0
+HOUSEKEEPING_INTERVAL = 0.05  # seconds between tick()s while nothing changes
 _EXIT_RETRY_DELAYS = (0.0, 0.001, 0.002, 0.004, 0.008, 0.016)
 
 
@@ -96,6 +97,10 @@ class WorkerPool:
         self.stopping = False
         self.orphans_reaped = 0
         self.announced_ready: tuple[int, int] | None = None  # (generation, desired) last logged
+        # tick() runs when something changed, else at most every HOUSEKEEPING_INTERVAL: a
+        # busy dispatch supervisor wakes once per connection and must not reconcile each time.
+        self.tick_due = True
+        self.next_tick = 0.0
         self.autoscaler = (
             Autoscaler(
                 server.min_spare_workers,
@@ -209,6 +214,7 @@ class WorkerPool:
             if event == READY[0]:
                 handle.ready = True
                 self.boot_failures = 0
+                self.tick_due = True  # a reload may stop an old worker now
                 self._announce_readiness()
             if event in (READY[0], IDLE[0]) and self.dispatching and not handle.stop_sent:
                 self.idle.append(index)
@@ -237,6 +243,7 @@ class WorkerPool:
 
     def forget(self, handle: WorkerHandle, code: int) -> None:
         """Bookkeeping for a reaped worker; the one place a worker leaves the pool."""
+        self.tick_due = True  # replace it
         state = self.scoreboard.state(handle.index)
         pid = handle.process.pid
         status = _wait_status(code)
@@ -290,8 +297,14 @@ class WorkerPool:
 
     # --- the reconciliation steps, run after every loop wake-up ---------------------
 
+    def housekeeping_due(self, now: float) -> bool:
+        """Whether tick() should run now: something changed, or the interval has passed."""
+        return self.tick_due or now >= self.next_tick
+
     def tick(self) -> None:
         """Enforce timeouts, autoscale if asked to, then bring the pool to its desired shape."""
+        self.tick_due = False
+        self.next_tick = time.monotonic() + HOUSEKEEPING_INTERVAL
         self.enforce_timeouts()
         if self.stopping:
             return
@@ -395,6 +408,7 @@ class WorkerPool:
         """Set the desired worker count, bounded by min_workers..max_workers; return it."""
         minimum = max(1, self.server.min_workers or 1)
         self.desired = min(max(count, minimum), self.max_workers)
+        self.tick_due = True
         log.debug("desired workers: %d", self.desired)
         return self.desired
 
@@ -405,6 +419,7 @@ class WorkerPool:
     def reload(self) -> None:
         """HUP: start a new generation; old workers drain as new ones report ready."""
         self.generation += 1
+        self.tick_due = True
         log.info("reloading: starting generation %d", self.generation)
 
     # --- dispatch mode ---------------------------------------------------------------

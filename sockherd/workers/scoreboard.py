@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..metrics.request_stats import DURATION_BUCKETS, bucket_index
-from .lifecycle import WorkerState, advance
+from .lifecycle import TRANSITIONS, IllegalTransition, WorkerState
 
 BUCKETS = len(DURATION_BUCKETS) + 1  # the last one is +Inf
 
@@ -78,7 +78,10 @@ class Scoreboard:
     def set_state(self, index: int, new: WorkerState) -> None:
         """Move slot `index` to `new`, refusing moves the lifecycle table forbids."""
         slot = self.slots[index]
-        slot.state = advance(WorkerState(slot.state), new)
+        old = slot.state  # a plain int: no enum is built on the per-request path
+        if new != old and new not in TRANSITIONS[old]:
+            raise IllegalTransition(WorkerState(old), new)
+        slot.state = new
         slot.heartbeat = time.monotonic()
 
     def beat(self, index: int) -> None:

@@ -72,6 +72,7 @@ class Worker:
         self.heartbeat_interval = heartbeat_interval
         self.stopping = False
         self.parent_pid = os.getppid()
+        self.next_beat = 0.0  # monotonic time of the next heartbeat and supervisor check
         limit = server.max_requests
         if limit:
             limit += random.randint(0, server.max_requests_jitter or 0)
@@ -140,13 +141,23 @@ class Worker:
         return 0
 
     def should_stop(self) -> bool:
-        """Stop when told to, when recycled, or when the supervisor has died."""
+        """Stop when told to, when recycled, or when the supervisor has died.
+
+        The heartbeat and the look at the parent pid happen at most once per
+        `heartbeat_interval` (a busy worker's heartbeat is set as each request
+        starts), which keeps the getppid() syscall and a shared-memory write off the
+        per-request path.
+        """
         if self.request_limit and self.served >= self.request_limit:
             return True
         if self.memory_limit and self.over_memory_limit:
             return True
-        if os.getppid() != self.parent_pid:
-            return True
+        now = time.monotonic()
+        if now >= self.next_beat:
+            self.next_beat = now + self.heartbeat_interval
+            self.scoreboard.beat(self.index)
+            if os.getppid() != self.parent_pid:
+                return True
         # The scoreboard flag, not only SIGTERM's handler: a Python signal handler may
         # never run in a child forked from a non-main thread (seen on CPython 3.13.0).
         return self.stopping or bool(self.scoreboard.slots[self.index].stop)
@@ -154,9 +165,7 @@ class Worker:
     def accept_loop(self) -> None:
         """accept mode: block in get_request() on the shared listener, one request at a time."""
         while not self.should_stop():
-            self.scoreboard.beat(self.index)
-            if not self.accept_one():
-                continue
+            self.accept_one()
         if self.scoreboard.header.draining:
             self.drain_backlog()
 
@@ -192,11 +201,12 @@ class Worker:
         poller.register(self.channel.fileno(), select.POLLIN)
         poller.register(self.wake_read, select.POLLIN)
         family, kind = self.server.socket.family, self.server.socket.type
+        channel = self.channel.fileno()
+        timeout = self.heartbeat_interval * 1000
         while not self.should_stop():
-            self.scoreboard.beat(self.index)
-            ready = {fd for fd, _ in poller.poll(self.heartbeat_interval * 1000)}
-            if self.channel.fileno() in ready and not self.serve_dispatched(family, kind):
-                return
+            for fd, _ in poller.poll(timeout):
+                if fd == channel and not self.serve_dispatched(family, kind):
+                    return
         # Told to stop: a connection already sent to us must still be served.
         channel_only = select.poll()
         channel_only.register(self.channel.fileno(), select.POLLIN)
