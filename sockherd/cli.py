@@ -112,7 +112,7 @@ def serve(target_path: str, options: dict[str, Any]) -> int:
             )
             if mode == "prefork" and options.get("control"):
                 servers[0].control_socket = options["control"]
-        apply_common_settings(servers, options)
+        apply_common_settings(servers, options, mode)
         stop_on_signals(servers[0])
         for server in servers:
             log.info("listening on %s", describe(server, mode))
@@ -124,6 +124,11 @@ def serve(target_path: str, options: dict[str, Any]) -> int:
         pass
     finally:
         for server in servers:
+            children = len(getattr(server, "active_children", None) or ())
+            if children:
+                log.info(
+                    "waiting for %d request%s in progress", children, "" if children == 1 else "s"
+                )
             server.server_close()
     log.info("stopped")
     return 0

@@ -114,7 +114,7 @@ OPTIONS = {
 
 def _check(option: Option, raw: Any, source: str) -> Any:
     if option.repeatable:
-        values = [p for p in raw.replace(",", " ").split() if p] if isinstance(raw, str) else raw
+        values = [p.strip() for p in raw.split(",") if p.strip()] if isinstance(raw, str) else raw
         if not isinstance(values, list | tuple) or not values:
             raise ConfigError(f"{option.name} from {source}: {raw!r} must name at least one value")
         raw = values

@@ -140,11 +140,19 @@ def prefork_settings(options: dict) -> dict[str, Any]:
     return settings
 
 
-def apply_common_settings(servers: list, options: dict) -> None:
-    """Settings every mode has: the read timeout, and metrics on the first server."""
+def apply_common_settings(servers: list, options: dict, mode: str) -> None:
+    """Settings every mode has: the read timeout, and metrics on the first server.
+
+    Servers whose default metrics label (their address) would collide, such as
+    tcp:// and udp:// on one port, are labelled with their URL instead.
+    """
     for server in servers:
         if options.get("read_timeout") is not None:
             server.read_timeout = options["read_timeout"]
+    labels = [_address_label(server) for server in servers]
+    for server, label in zip(servers, labels, strict=True):
+        if labels.count(label) > 1 and not server.metrics_name:
+            server.metrics_name = describe(server, mode).split(" ", 1)[0]
     first = servers[0]
     if options.get("metrics"):
         listener = parse_bind(options["metrics"])
@@ -179,6 +187,12 @@ def read_credentials(path: str) -> tuple[str, str]:
     return user, password
 
 
+def _address_label(server: Any) -> str:
+    from .metrics.collector import server_label
+
+    return server_label(server)
+
+
 def describe(server: Any, mode: str) -> str:
     """How the "listening on" line names a server: its URL and how it serves."""
     address = server.server_address
@@ -206,15 +220,27 @@ class StopRequested(Exception):
 
 
 def stop_on_signals(server: Any) -> None:
-    """SIGTERM and SIGINT ask the loop to stop; before it serves, they raise StopRequested.
+    """SIGTERM and SIGINT: stop `server`'s loop, whatever phase the process is in.
 
-    A prefork server replaces these handlers with its own while it serves.
+    Before the loop serves, they raise StopRequested; while it serves, they ask it
+    to stop; once it has stopped (servers closing, children being waited for), a
+    repeated signal is only logged.  A forked request child dies of the signal, as
+    it would without this handler.  A prefork server replaces these handlers with
+    its own while it serves.
     """
+    supervisor_pid = os.getpid()
 
     def stop(signum: int, frame: object) -> None:
-        if server._sockherd_serving_thread is None:
+        if os.getpid() != supervisor_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if server._sockherd_serving_thread is not None:
+            server.shutdown()  # from the serving thread, sockherd only asks the loop to stop
+        elif server._sockherd_loop_finished():
+            log.info("%s: already stopping", signal.Signals(signum).name)
+        else:
             raise StopRequested
-        server.shutdown()  # from the serving thread, sockherd only asks the loop to stop
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -260,12 +286,19 @@ def _call_factory(target: Target) -> Any:
             f"the factory {target.path!r} raised {type(error).__name__}: {error} "
             "(--log-level debug shows the traceback)"
         )
-    if not callable(getattr(server, "serve_forever", None)) or not hasattr(
-        server, "server_address"
-    ):
+    import sockherd
+
+    if not isinstance(server, sockherd.BaseServer):
+        if isinstance(server, stdlib_socketserver.BaseServer):
+            server.server_close()
+            raise LaunchError(
+                f"the factory {target.path!r} returned a stdlib socketserver "
+                f"{type(server).__name__}: build it from sockherd's classes instead "
+                "(import sockherd as socketserver), so that signals and metrics work"
+            )
         raise LaunchError(
             f"the factory {target.path!r} returned a {type(server).__name__}, not a server: "
-            "it must return a socketserver/sockherd server instance"
+            "it must return a sockherd server instance"
         )
     return server
 

@@ -33,3 +33,10 @@ def prefork_server() -> sockherd.PreforkTCPServer:
 def failing_factory() -> sockherd.TCPServer:
     """A factory that cannot build its server."""
     raise RuntimeError("no database configured")
+
+
+def stdlib_server():
+    """A factory that builds its server from the standard library's socketserver."""
+    import socketserver
+
+    return socketserver.TCPServer(("127.0.0.1", 0), EchoHandler)

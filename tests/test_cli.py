@@ -100,6 +100,7 @@ def test_serve_udp():
         (["sockherd:__version__"], "is a str, not a request handler class or a function"),
         (["os:getcwd"], "returned a str, not a server"),
         (["cli_targets:failing_factory"], "raised RuntimeError: no database configured"),
+        (["cli_targets:stdlib_server"], "returned a stdlib socketserver TCPServer"),
         ([ECHO, "--bind", "localhost"], "is not an address sockherd knows"),
         ([ECHO, "--bind", "127.0.0.1:70000"], "between 0 and 65535"),
         ([ECHO, "--bind", "unix:"], "needs a path"),
@@ -471,3 +472,40 @@ def test_make_run_serves_the_http_example_with_metrics_and_a_control_socket(tmp_
         out, err = process.communicate(timeout=30)
     assert f"curl http://127.0.0.1:{port}/" in out
     assert "INFO: stopped" in err
+
+
+def test_a_second_signal_while_closing_is_logged_not_a_traceback():
+    """TERM stops the loop; server_close() then waits for the child serving a client that
+    is still connected.  A second TERM meanwhile must not crash the closing process."""
+    process, line = start(ECHO, "--bind", "127.0.0.1:0", "--mode", "fork")
+    try:
+        with socket.create_connection(address_of(line), timeout=10) as client:
+            client.sendall(b"held\n")
+            assert client.recv(100) == b"held\n"  # a child now serves this connection
+            process.send_signal(signal.SIGTERM)
+            wait_for_line(process.stderr, "waiting for 1 request in progress")
+            process.send_signal(signal.SIGTERM)
+            wait_for_line(process.stderr, "SIGTERM: already stopping")
+            assert process.poll() is None  # still waiting for the child
+        status, err = process.wait(30), process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert status == 0 and "Traceback" not in err and "INFO: stopped" in err
+
+
+def test_tcp_and_udp_on_one_port_get_distinct_metrics_labels():
+    port, metrics = free_port(), free_port()
+    process, line = start(
+        "sockherd.examples.echo:EchoHandler",
+        "--bind", f"tcp://127.0.0.1:{port}", "--bind", f"udp://127.0.0.1:{port}",
+        "--mode", "sync", "--metrics", f"127.0.0.1:{metrics}",
+    )  # fmt: skip
+    try:
+        body = scrape(metrics)
+        assert f'server="tcp://127.0.0.1:{port}"' in body
+        assert f'server="udp://127.0.0.1:{port}"' in body
+    finally:
+        status, err = stop(process)
+    assert status == 0, err

@@ -393,6 +393,10 @@ class BaseServer:
         its connection was cut off by read_timeout, else "error"."""
         return "timeout" if read_timed_out(request) else "error"
 
+    def _sockherd_loop_finished(self) -> bool:
+        """True once a serve_forever() loop has run to its end (and none runs now)."""
+        return self.__is_shut_down.is_set()
+
     def _sockherd_group(self) -> list[Any]:
         """Every server served by the same loop as this one, the loop's own first."""
         host = self._sockherd_loop_host or self

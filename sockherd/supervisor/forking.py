@@ -174,7 +174,8 @@ class ForkingMixIn:
             # Child process.
             # This must never return, hence os._exit()!
             pending.in_child()
-            self._sockherd_close_supervisor_fds()  # type: ignore[attr-defined]
+            for server in self._sockherd_group():  # type: ignore[attr-defined]
+                server._sockherd_close_supervisor_fds()  # this one's and a group's host's
             status = 1
             try:
                 self.finish_request(request, client_address)  # type: ignore[attr-defined]
@@ -271,7 +272,8 @@ class ForkingMixIn:
         each loop iteration.
         """
         watches = self._sockherd_child_watches or {}
-        if self._sockherd_loop_wait is not None:  # type: ignore[attr-defined]
+        loop_server: Any = self._sockherd_loop_host or self  # type: ignore[attr-defined]
+        if loop_server._sockherd_loop_wait is not None:
             return [
                 pid
                 for pid in self.active_children or ()

@@ -156,11 +156,11 @@ class PreforkMixIn:
             server._sockherd_validate()
         wakeup = self._sockherd_wakeup_pipe()  # type: ignore[attr-defined]
         relay = self._sockherd_signals = SignalRelay(wakeup.wake if wakeup else lambda: None)
-        in_main_thread = relay.install()
-        self._sockherd_orphan_duty = self._sockherd_take_orphan_duty(in_main_thread)
-        if self._sockherd_orphan_duty:
-            relay.install(ORPHAN_SIGNALS)
-        try:
+        try:  # from here on, whatever was installed is restored, even if a signal interrupts
+            in_main_thread = relay.install()
+            self._sockherd_orphan_duty = self._sockherd_take_orphan_duty(in_main_thread)
+            if self._sockherd_orphan_duty:
+                relay.install(ORPHAN_SIGNALS)
             for server in group:
                 server._sockherd_start_pool()
             if self.control_socket:
