@@ -170,7 +170,7 @@ def apply_common_settings(servers: list, options: dict, mode: str) -> None:
             if path and not os.access(path, os.R_OK):
                 raise LaunchError(f"cannot read {path}: check the path and its permissions")
         first.metrics_tls_certfile, first.metrics_tls_keyfile = cert, key
-    elif any(options.get(name) for name in ("metrics_auth_file", "metrics_tls_cert")):
+    elif any(options.get(n) for n in ("metrics_auth_file", "metrics_tls_cert", "metrics_tls_key")):
         raise LaunchError("--metrics-auth-file and --metrics-tls-* need --metrics HOST:PORT")
 
 

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 
 import psutil
@@ -509,3 +510,44 @@ def test_tcp_and_udp_on_one_port_get_distinct_metrics_labels():
     finally:
         status, err = stop(process)
     assert status == 0, err
+
+
+def test_a_group_of_pools_shares_one_graceful_deadline(tmp_path):
+    """Two listeners, a pool each, a request in each that outlives graceful_timeout: TERM
+    stops both within one graceful_timeout, not one after the other (2 x)."""
+    control = str(tmp_path / "control.sock")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sockherd", "serve", "prefork_handlers:Commands",
+         "--bind", "tcp://127.0.0.1:0", "--bind", "tcp://127.0.0.1:0", "--mode", "prefork",
+         "--workers", "1", "--graceful-timeout", "2", "--control", control],
+        cwd=PROJECT_ROOT, env=dict(os.environ, PYTHONPATH=TESTS), stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    clients = []
+    try:
+        addresses = [listening_address(wait_for_line(process.stderr, "listening on"))]
+        addresses.append(listening_address(wait_for_line(process.stderr, "listening on")))
+        for _ in addresses:
+            wait_for_line(process.stderr, "1 worker ready")
+        for address in addresses:
+            client = socket.create_connection(address, timeout=30)
+            client.sendall(b"sleep 30 late\n")
+            clients.append(client)
+
+        def both_busy():
+            reply = json.loads(ctl(control, "status", "--json").stdout)
+            return [w["state"] for w in reply["workers"]] == ["busy", "busy"]
+
+        wait_until(both_busy, timeout=10)
+        began = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        elapsed = time.monotonic() - began
+    finally:
+        for client in clients:
+            client.close()
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+    print(f"\ntwo pools, graceful_timeout 2 s: stopped in {elapsed:.2f} s")
+    assert 2.0 <= elapsed < 3.5  # one shared deadline; one after the other takes >= 4 s

@@ -203,9 +203,12 @@ class PreforkMixIn:
         return [server._sockherd_pool for server in group if server._sockherd_pool is not None]
 
     def _sockherd_before_loop_exit(self) -> None:
+        graceful = not self._sockherd_quick_stop
+        for each in self._sockherd_pools():  # a group's pools all start draining now
+            each.begin_stop(graceful)
         pool = self._sockherd_pool
         if pool is not None:
-            pool.stop_all(graceful=not self._sockherd_quick_stop)
+            pool.stop_all(graceful)
 
     def service_actions(self) -> None:
         """Handle the signals received, then let the pool reconcile (when something changed,

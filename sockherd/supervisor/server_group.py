@@ -9,8 +9,8 @@ control socket, one metrics endpoint and one reaper:
   fds they would watch (their listening socket, forked children, workers) are
   watched by its selector, and a ready connection is handled by the sibling's
   own `_handle_request_noblock()`;
-* the loop runs every sibling's `service_actions()` after its own, and lets
-  each one stop its workers as the loop ends;
+* the loop runs every sibling's `service_actions()` after its own; as it ends,
+  every prefork pool of the group starts draining at once, under one deadline;
 * `shutdown()` on any member stops the one loop;
 * a prefork host starts, signals, reloads, scales and reports every pool of
   the group, and its metrics endpoint exposes every member's series, each

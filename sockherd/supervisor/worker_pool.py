@@ -95,6 +95,7 @@ class WorkerPool:
         self.boot_failures = 0
         self.next_spawn_at = 0.0
         self.stopping = False
+        self.stop_deadline: float | None = None  # set by begin_stop()
         self.orphans_reaped = 0
         self.announced_ready: tuple[int, int] | None = None  # (generation, desired) last logged
         # tick() runs when something changed, else at most every HOUSEKEEPING_INTERVAL: a
@@ -446,17 +447,34 @@ class WorkerPool:
 
     # --- stopping ------------------------------------------------------------------
 
-    def stop_all(self, graceful: bool) -> None:
-        """Stop every worker and reap it; graceful: let requests finish for graceful_timeout."""
-        self.stopping = True
-        self.scoreboard.header.draining = 1
-        deadline = time.monotonic() + (self.server.graceful_timeout if graceful else 0)
-        if graceful and self.server._sockherd_handoff() == "dispatch":
-            self._dispatch_backlog(deadline)
+    def begin_stop(self, graceful: bool) -> float:
+        """The first half of stop_all(), done at once for every pool of a group: mark the
+        pool stopping and tell the workers (accept-mode workers then drain the backlog
+        themselves; dispatch-mode ones are told after the backlog is handed out).
+        Returns the deadline; later calls change nothing and return the same one."""
+        if self.stop_deadline is None:
+            self.stopping = True
+            self.scoreboard.header.draining = 1
+            self.stop_deadline = time.monotonic() + (
+                self.server.graceful_timeout if graceful else 0
+            )
+            if not (graceful and self.dispatching):
+                self._tell_all_to_stop(graceful)
+        return self.stop_deadline
+
+    def _tell_all_to_stop(self, graceful: bool) -> None:
         for handle in list(self.workers.values()):
             handle.stop_sent = True
             self.scoreboard.slots[handle.index].stop = 1
             _signal(handle.process.pid, signal.SIGTERM if graceful else signal.SIGKILL)
+
+    def stop_all(self, graceful: bool) -> None:
+        """Stop every worker and reap it; graceful: let requests finish for graceful_timeout
+        (counted from begin_stop(), when that came first)."""
+        deadline = self.begin_stop(graceful)
+        if graceful and self.dispatching:
+            self._dispatch_backlog(deadline)
+        self._tell_all_to_stop(graceful)
         while self.workers and time.monotonic() < deadline:
             self._wait_for_exits(deadline - time.monotonic())
         for handle in list(self.workers.values()):
