@@ -238,12 +238,25 @@ def stop_on_signals(server: Any) -> None:
         if server._sockherd_serving_thread is not None:
             server.shutdown()  # from the serving thread, sockherd only asks the loop to stop
         elif server._sockherd_loop_finished():
-            log.info("%s: already stopping", signal.Signals(signum).name)
+            _note_from_signal_handler(f"{signal.Signals(signum).name}: already stopping")
         else:
             raise StopRequested
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+
+
+def _note_from_signal_handler(message: str) -> None:
+    """One INFO line, as LOG_FORMAT writes it, from a signal handler: straight to fd 2.
+
+    The signal may have interrupted a write to sys.stderr; writing through logging
+    then would be a reentrant call on the same buffered stream and lose the line.
+    """
+    if log.isEnabledFor(logging.INFO):
+        try:
+            os.write(2, f"sockherd[{os.getpid()}] INFO: {message}\n".encode())
+        except OSError:
+            pass
 
 
 # --- helpers -----------------------------------------------------------------------------
