@@ -112,7 +112,7 @@ def serve(target_path: str, options: dict[str, Any]) -> int:
             )
             if mode == "prefork" and options.get("control"):
                 servers[0].control_socket = options["control"]
-        apply_common_settings(servers, options, mode)
+        apply_common_settings(servers, options)
         stop_on_signals(servers[0])
         for server in servers:
             log.info("listening on %s", describe(server, mode))

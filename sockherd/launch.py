@@ -140,7 +140,7 @@ def prefork_settings(options: dict) -> dict[str, Any]:
     return settings
 
 
-def apply_common_settings(servers: list, options: dict, mode: str) -> None:
+def apply_common_settings(servers: list, options: dict) -> None:
     """Settings every mode has: the read timeout, and metrics on the first server.
 
     Servers whose default metrics label (their address) would collide, such as
@@ -152,7 +152,7 @@ def apply_common_settings(servers: list, options: dict, mode: str) -> None:
     labels = [_address_label(server) for server in servers]
     for server, label in zip(servers, labels, strict=True):
         if labels.count(label) > 1 and not server.metrics_name:
-            server.metrics_name = describe(server, mode).split(" ", 1)[0]
+            server.metrics_name = server_url(server)
     first = servers[0]
     if options.get("metrics"):
         listener = parse_bind(options["metrics"])
@@ -193,14 +193,18 @@ def _address_label(server: Any) -> str:
     return server_label(server)
 
 
-def describe(server: Any, mode: str) -> str:
-    """How the "listening on" line names a server: its URL and how it serves."""
+def server_url(server: Any) -> str:
+    """A bound server's address as a URL: tcp://127.0.0.1:8000, unix:/run/app.sock, …"""
     address = server.server_address
-    family = server.address_family
-    datagram = server.socket_type == socket.SOCK_DGRAM
     if isinstance(address, bytes):
         address = address.decode(errors="replace")
-    url = Listener(family, address, datagram).url
+    datagram = server.socket_type == socket.SOCK_DGRAM
+    return Listener(server.address_family, address, datagram).url
+
+
+def describe(server: Any, mode: str) -> str:
+    """How the "listening on" line names a server: its URL and how it serves."""
+    url = server_url(server)
     if mode == "prefork":
         count = server._sockherd_worker_count()
         return f"{url} (prefork, {count} worker{'' if count == 1 else 's'})"
@@ -247,14 +251,15 @@ def stop_on_signals(server: Any) -> None:
 
 
 def _note_from_signal_handler(message: str) -> None:
-    """One INFO line, as LOG_FORMAT writes it, from a signal handler: straight to fd 2.
+    """One INFO line, formatted as LOG_FORMAT, from a signal handler: straight to fd 2.
 
-    The signal may have interrupted a write to sys.stderr; writing through logging
-    then would be a reentrant call on the same buffered stream and lose the line.
+    The signal may have interrupted a write to sys.stderr; writing through logging's
+    stream then would be a reentrant call on the same buffered stream and lose the line.
     """
     if log.isEnabledFor(logging.INFO):
+        record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, (), None)
         try:
-            os.write(2, f"sockherd[{os.getpid()}] INFO: {message}\n".encode())
+            os.write(2, (logging.Formatter(LOG_FORMAT).format(record) + "\n").encode())
         except OSError:
             pass
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import select
 import signal
 import subprocess
@@ -26,6 +27,17 @@ from typing import Any
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(PROJECT_ROOT, "tests")
+UNPRIVILEGED_UID = 1000  # the user a scenario drops to (cloudsdk on the development machines)
+
+
+def unprivileged_user_exists() -> bool:
+    """Whether UNPRIVILEGED_UID names a user on this machine."""
+    try:
+        pwd.getpwuid(UNPRIVILEGED_UID)
+    except KeyError:
+        return False
+    return True
+
 
 PRELUDE = textwrap.dedent(
     f"""

@@ -46,10 +46,6 @@ def stop(process: subprocess.Popen, signum: int = signal.SIGTERM) -> tuple[int, 
     return process.returncode, err
 
 
-def address_of(listening_line: str) -> tuple[str, int]:
-    return listening_address(listening_line)
-
-
 @pytest.mark.parametrize("mode", ["sync", "thread", "fork", "threading", "forking"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_serve_echoes_and_stops_cleanly_on_signal(mode, signum):
@@ -57,7 +53,7 @@ def test_serve_echoes_and_stops_cleanly_on_signal(mode, signum):
     try:
         shown = {"threading": "thread", "forking": "fork"}.get(mode, mode)
         assert "INFO: listening on tcp://127.0.0.1:" in line and line.endswith(f"({shown})\n")
-        assert tcp_request(address_of(line), b"one\ntwo\n") == b"one\ntwo\n"
+        assert tcp_request(listening_address(line), b"one\ntwo\n") == b"one\ntwo\n"
     finally:
         status, err = stop(process, signum)
     assert status == 0
@@ -85,7 +81,7 @@ def test_serve_udp():
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
             client.settimeout(5)
-            client.sendto(b"datagram", address_of(line))
+            client.sendto(b"datagram", listening_address(line))
             assert client.recv(100) == b"datagram"
     finally:
         stop(process)
@@ -189,7 +185,7 @@ def test_serve_on_an_inherited_fd(mode):
         )
         try:
             line = wait_for_line(process.stderr, "listening on")
-            assert address_of(line) == listener.getsockname()
+            assert listening_address(line) == listener.getsockname()
             assert tcp_request(listener.getsockname(), b"inherited\n") == b"inherited\n"
         finally:
             status, _ = stop(process)
@@ -215,7 +211,7 @@ def test_serve_on_a_systemd_activated_socket():
         )
         try:
             line = wait_for_line(process.stderr, "listening on")
-            assert address_of(line) == listener.getsockname()
+            assert listening_address(line) == listener.getsockname()
             assert tcp_request(listener.getsockname(), b"activated\n") == b"activated\n"
         finally:
             status, _ = stop(process)
@@ -332,7 +328,7 @@ def test_repeated_binds_in_prefork_mode_give_each_listener_a_pool(tmp_path):
         assert "listening on udp://127.0.0.1:" in second
         for _ in range(2):  # each pool announces itself
             wait_for_line(process.stderr, "2 workers ready")
-        assert tcp_request(address_of(first), b"pooled\n") == b"pooled\n"
+        assert tcp_request(listening_address(first), b"pooled\n") == b"pooled\n"
         table = ctl(control, "status")
         assert table.returncode == 0, table.stderr
         rows = table.stdout.splitlines()
@@ -353,7 +349,7 @@ def test_ctl_status_prints_a_table_of_workers_and_json_on_request(tmp_path):
     try:
         wait_for_line(process.stderr, "2 workers ready")
         for _ in range(3):
-            assert tcp_request(address_of(line), b"x\n") == b"x\n"
+            assert tcp_request(listening_address(line), b"x\n") == b"x\n"
         table = ctl(control, "status")
         assert table.returncode == 0
         header, *workers, summary = table.stdout.splitlines()
@@ -383,7 +379,7 @@ def test_the_log_tells_a_worker_crash_and_its_replacement():
         crash = wait_for_line(process.stderr, f"(pid {victim.pid}) exited on SIGKILL")
         assert crash.rstrip().endswith("while idle, replacing") and "WARNING" in crash
         wait_until(lambda: len(psutil.Process(process.pid).children()) == 2)
-        assert tcp_request(address_of(line), b"still\n") == b"still\n"
+        assert tcp_request(listening_address(line), b"still\n") == b"still\n"
     finally:
         status, err = stop(process)
     assert status == 0 and "INFO: stopped" in err
@@ -443,7 +439,7 @@ def test_a_factory_builds_its_own_server(tmp_path, factory, shown, reply):
         wait_for_line(process.stderr, "--bind, --mode and the pool settings are not used")
         line = wait_for_line(process.stderr, "listening on tcp://127.0.0.1:")
         assert line.rstrip().endswith(shown)
-        assert tcp_request(address_of(line), b"loud\n") == reply
+        assert tcp_request(listening_address(line), b"loud\n") == reply
         if "prefork" in shown:  # --control reaches the factory's pool
             wait_for_line(process.stderr, "2 workers ready")
             assert "2 workers (2 wanted)" in ctl(control, "status").stdout
@@ -480,7 +476,7 @@ def test_a_second_signal_while_closing_is_logged_not_a_traceback():
     is still connected.  A second TERM meanwhile must not crash the closing process."""
     process, line = start(ECHO, "--bind", "127.0.0.1:0", "--mode", "fork")
     try:
-        with socket.create_connection(address_of(line), timeout=10) as client:
+        with socket.create_connection(listening_address(line), timeout=10) as client:
             client.sendall(b"held\n")
             assert client.recv(100) == b"held\n"  # a child now serves this connection
             process.send_signal(signal.SIGTERM)

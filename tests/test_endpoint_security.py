@@ -9,7 +9,6 @@ import contextlib
 import errno
 import json
 import os
-import pwd
 import re
 import select
 import shutil
@@ -29,26 +28,17 @@ import psutil
 import pytest
 from conftest import serving, tcp_request, wait_for_line, wait_until
 from prefork_handlers import Commands
-from scenario import Scenario
+from scenario import UNPRIVILEGED_UID, Scenario, unprivileged_user_exists
 
 import sockherd
 from sockherd.metrics import endpoint as endpoint_module
 from sockherd.metrics.endpoint_security import BasicAuth, MetricsTLSError
 
-UNPRIVILEGED_UID = 1000
 USER, PASSWORD = "scraper", "s3cret-Pa55word-xyz"
 
 
-def _unprivileged_user_exists() -> bool:
-    try:
-        pwd.getpwuid(UNPRIVILEGED_UID)
-    except KeyError:
-        return False
-    return True
-
-
 needs_root = pytest.mark.skipif(
-    os.geteuid() != 0 or not _unprivileged_user_exists() or not hasattr(socket, "SO_PEERCRED"),
+    os.geteuid() != 0 or not unprivileged_user_exists() or not hasattr(socket, "SO_PEERCRED"),
     reason=f"needs root, a uid {UNPRIVILEGED_UID} to become, and SO_PEERCRED (Linux)",
 )
 

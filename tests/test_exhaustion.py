@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import resource
 import signal
 import socket
@@ -26,21 +25,10 @@ import psutil
 import pytest
 from conftest import wait_until
 from prometheus_client.parser import text_string_to_metric_families
-from scenario import Scenario
-
-UNPRIVILEGED_UID = 1000
-
-
-def _unprivileged_user_exists() -> bool:
-    try:
-        pwd.getpwuid(UNPRIVILEGED_UID)
-    except KeyError:
-        return False
-    return True
-
+from scenario import UNPRIVILEGED_UID, Scenario, unprivileged_user_exists
 
 needs_root = pytest.mark.skipif(
-    os.geteuid() != 0 or not _unprivileged_user_exists(),
+    os.geteuid() != 0 or not unprivileged_user_exists(),
     reason=f"needs root (to run the server as uid {UNPRIVILEGED_UID} and change its limits)",
 )
 linux_only = pytest.mark.skipif(
