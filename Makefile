@@ -49,12 +49,15 @@ bench-quick: $(STAMP)
 	@./bench/setup "$(VENV)"
 	$(VENV)/bin/python bench/run.py --quick $(ARGS)
 
-## make lint: ruff (lint and format check), mypy, hadolint on the Dockerfile and
-## kubernetes-validate on the manifests.
+## make lint: ruff (lint and format check), the layers and no-cycles contracts (import-linter),
+## mypy, the package's shape (module sizes, type: ignore budget), hadolint on the Dockerfile
+## and kubernetes-validate on the manifests.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sockherd tests bench
 	$(VENV)/bin/ruff format --check sockherd tests bench
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_package_shape.py
 	$(VENV)/bin/hadolint docker/Dockerfile
 	$(VENV)/bin/kubernetes-validate --quiet docker/k8s/*.yaml
 

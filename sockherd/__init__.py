@@ -22,16 +22,17 @@ from __future__ import annotations
 import os
 import socket
 
-from .stdlib_swap import install
-from .supervisor.base_server import BaseServer
-from .supervisor.combinations import ThreadingTCPServer, ThreadingUDPServer
-from .supervisor.socket_servers import BindError, TCPServer, UDPServer
-from .supervisor.threading_mixin import ThreadingMixIn
-from .workers.request_handlers import (
+from .server.base_server import BaseServer
+from .server.combinations import ThreadingTCPServer, ThreadingUDPServer
+from .server.loop_hooks import LoopHooks, register_loop_extension
+from .server.request_handlers import (
     BaseRequestHandler,
     DatagramRequestHandler,
     StreamRequestHandler,
 )
+from .server.socket_servers import BindError, TCPServer, UDPServer
+from .server.threading_mixin import ThreadingMixIn
+from .stdlib_swap import install
 
 # socketserver's own version string, which some programs read.
 __version__ = "0.4"
@@ -48,14 +49,14 @@ __all__ = [
     "ThreadingMixIn",
 ]
 if hasattr(os, "fork"):
-    from .supervisor.combinations import ForkingTCPServer, ForkingUDPServer
-    from .supervisor.forking import ForkingMixIn
+    from .server.combinations import ForkingTCPServer, ForkingUDPServer
+    from .server.forking import ForkingMixIn
 
     __all__.extend(["ForkingUDPServer", "ForkingTCPServer", "ForkingMixIn"])
 
 if hasattr(socket, "AF_UNIX"):
-    from .supervisor.combinations import ThreadingUnixDatagramServer, ThreadingUnixStreamServer
-    from .supervisor.socket_servers import UnixDatagramServer, UnixStreamServer
+    from .server.combinations import ThreadingUnixDatagramServer, ThreadingUnixStreamServer
+    from .server.socket_servers import UnixDatagramServer, UnixStreamServer
 
     __all__.extend(
         [
@@ -66,7 +67,7 @@ if hasattr(socket, "AF_UNIX"):
         ]
     )
     if hasattr(os, "fork"):
-        from .supervisor.combinations import ForkingUnixDatagramServer, ForkingUnixStreamServer
+        from .server.combinations import ForkingUnixDatagramServer, ForkingUnixStreamServer
 
         __all__.extend(["ForkingUnixStreamServer", "ForkingUnixDatagramServer"])
 
@@ -83,6 +84,19 @@ if hasattr(os, "fork"):
 
 # sockherd's own public names.
 __all__.extend(["BindError", "install"])
+
+
+def _metrics_extension(server: BaseServer) -> LoopHooks | None:
+    """`metrics_address` on any sockherd server: the metrics package is imported only
+    by a server that asks for an endpoint (its modules would grow every process)."""
+    if getattr(server, "metrics_address", None) is None:
+        return None
+    from .metrics.service import metrics_extension
+
+    return metrics_extension(server)
+
+
+register_loop_extension(_metrics_extension)
 
 
 # The public classes present themselves as sockherd.X, as CPython's do as socketserver.X.

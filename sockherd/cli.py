@@ -30,20 +30,18 @@ from .config import OPTIONS, ConfigError, environment, resolve
 from .launch import (
     PREFORK_ONLY,
     LaunchError,
-    StopRequested,
     apply_common_settings,
     build_servers,
     configure_logging,
     describe,
     load_target,
     mode_of,
-    stop_on_signals,
 )
 from .metrics.endpoint_security import MetricsTLSError
+from .server.socket_servers import BindError
+from .supervisor.arbiter import Arbiter
 from .supervisor.control import ControlError, send_command
 from .supervisor.listen_fds import ListenFdsError
-from .supervisor.server_group import serve_together
-from .supervisor.socket_servers import BindError
 
 log = logging.getLogger("sockherd")
 
@@ -78,7 +76,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add("--timeout", help="prefork: seconds a request may run before its worker is killed")
     add("--read-timeout", help="seconds a connection may stay silent (slow-client defence)")
     add("--graceful-timeout", help="prefork: seconds to finish requests on SIGTERM")
-    add("--control", help="prefork: path of a Unix control socket (mode 0600)")
+    add("--control", help="path of a Unix control socket for sockherd ctl (mode 0600)")
     add("--metrics", help="serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9100)")
     add("--metrics-auth-file", help="a file holding USER:PASSWORD for the metrics endpoint")
     add("--metrics-tls-cert", help="PEM certificate: serve the metrics over HTTPS")
@@ -102,6 +100,7 @@ def serve(target_path: str, options: dict[str, Any]) -> int:
         if ignored:
             log.warning("%s only apply to --mode prefork; ignored", ", ".join(ignored))
     servers = build_servers(target, listeners, mode, options)
+    arbiter: Arbiter | None = None
     try:
         if target.factory is not None:
             mode = mode_of(servers[0])
@@ -110,18 +109,21 @@ def serve(target_path: str, options: dict[str, Any]) -> int:
                 "(--control, --metrics and --read-timeout are)",
                 target_path,
             )
-            if mode == "prefork" and options.get("control"):
-                servers[0].control_socket = options["control"]
         apply_common_settings(servers, options)
-        stop_on_signals(servers[0])
+        graceful = options["graceful_timeout"] if mode != "prefork" else None
+        arbiter = Arbiter(
+            servers,
+            control_socket=options.get("control"),
+            graceful_timeout=graceful,
+            install_signals=True,
+        )
+        arbiter.install_signals()
         for server in servers:
             log.info("listening on %s", describe(server, mode))
         if options.get("metrics"):
             scheme = "https" if options.get("metrics_tls_cert") else "http"
             log.info("metrics on %s://%s/metrics", scheme, options["metrics"])
-        serve_together(servers)
-    except StopRequested:
-        pass
+        arbiter.run()
     finally:
         for server in servers:
             children = len(getattr(server, "active_children", None) or ())
@@ -130,6 +132,8 @@ def serve(target_path: str, options: dict[str, Any]) -> int:
                     "waiting for %d request%s in progress", children, "" if children == 1 else "s"
                 )
             server.server_close()
+        if arbiter is not None:
+            arbiter.close()
     log.info("stopped")
     return 0
 
@@ -161,32 +165,49 @@ def control_client(path: str, command: str, as_json: bool) -> int:
 
 
 def status_table(reply: dict[str, Any]) -> str:
-    """The `ctl status` reply as a table: one row per worker, then a summary line."""
-    grouped = any("server" in worker for worker in reply["workers"])
-    rows = [("SERVER",) * grouped + ("SLOT", "PID", "STATE", "REQUESTS", "AGE")]
-    for worker in reply["workers"]:
-        rows.append(
-            (str(worker.get("server", "")),) * grouped
-            + (
-                str(worker["slot"]),
-                str(worker["pid"]),
-                worker["state"],
-                str(worker["requests"]),
-                _age(worker.get("age", 0.0)),
+    """The `ctl status` reply as text: (prefork) one row per worker and a summary of the
+    pools, then the supervisor's state."""
+    lines: list[str] = []
+    if reply["workers"] or reply.get("desired"):
+        grouped = any("server" in worker for worker in reply["workers"])
+        rows = [("SERVER",) * grouped + ("SLOT", "PID", "STATE", "REQUESTS", "AGE")]
+        for worker in reply["workers"]:
+            rows.append(
+                (str(worker.get("server", "")),) * grouped
+                + (
+                    str(worker["slot"]),
+                    str(worker["pid"]),
+                    worker["state"],
+                    str(worker["requests"]),
+                    _age(worker.get("age", 0.0)),
+                )
             )
+        widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+        lines += [
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+            for row in rows
+        ]
+        restarts = ", ".join(f"{k} {v}" for k, v in sorted(reply.get("restarts", {}).items()) if v)
+        lines.append(
+            f"{len(reply['workers'])} workers ({reply.get('desired')} wanted), "
+            f"generation {reply.get('generation')}, {reply.get('requests_total')} requests, "
+            f"restarts: {restarts or 'none'}"
         )
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        for row in rows
-    ]
-    restarts = ", ".join(f"{k} {v}" for k, v in sorted(reply.get("restarts", {}).items()))
-    lines.append(
-        f"{len(reply['workers'])} workers ({reply.get('desired')} wanted), "
-        f"generation {reply.get('generation')}, {reply.get('requests_total')} requests, "
-        f"restarts: {restarts or 'none'}"
-    )
+    lines.append(_state_line(reply))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _state_line(reply: dict[str, Any]) -> str:
+    """ "supervisor pid 12: draining, 1 request in progress, 8.5 s left to the deadline"."""
+    waiting = reply.get("in_progress", 0)
+    line = (
+        f"supervisor pid {reply.get('pid')}: {reply.get('state')}, "
+        f"{waiting} request{'' if waiting == 1 else 's'} in progress"
+    )
+    left = reply.get("drain_seconds_left")
+    if left is not None:
+        line += f", {left:.1f} s left to the graceful deadline"
+    return line
 
 
 def _age(seconds: float) -> str:

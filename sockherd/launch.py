@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import signal
 import socket
 import socketserver as stdlib_socketserver
 from collections.abc import Callable
@@ -43,7 +42,6 @@ PREFORK_ONLY = (
     "handoff",
     "max_requests",
     "timeout",
-    "control",
 )
 
 
@@ -130,7 +128,6 @@ def prefork_settings(options: dict) -> dict[str, Any]:
         "max_requests": "max_requests",
         "timeout": "worker_timeout",
         "graceful_timeout": "graceful_timeout",
-        "control": "control_socket",
     }
     settings = {keyword: options[name] for name, keyword in names.items()}
     settings = {keyword: value for keyword, value in settings.items() if value is not None}
@@ -188,7 +185,7 @@ def read_credentials(path: str) -> tuple[str, str]:
 
 
 def _address_label(server: Any) -> str:
-    from .metrics.collector import server_label
+    from .metrics.snapshot import server_label
 
     return server_label(server)
 
@@ -206,62 +203,16 @@ def describe(server: Any, mode: str) -> str:
     """How the "listening on" line names a server: its URL and how it serves."""
     url = server_url(server)
     if mode == "prefork":
-        count = server._sockherd_worker_count()
+        count = server.pool_settings().workers
         return f"{url} (prefork, {count} worker{'' if count == 1 else 's'})"
     return f"{url} ({mode})"
 
 
 def mode_of(server: Any) -> str:
     """The mode a factory's server runs in, from its class."""
-    for mode, prefix in (("prefork", "Prefork"), ("fork", "Forking"), ("thread", "Threading")):
-        if any(cls.__name__.startswith(prefix) for cls in type(server).__mro__):
-            return mode
-    return "sync"
+    from .metrics.snapshot import server_mode
 
-
-class StopRequested(Exception):
-    """SIGTERM or SIGINT arrived before the loop was serving: stop without serving."""
-
-
-def stop_on_signals(server: Any) -> None:
-    """SIGTERM and SIGINT: stop `server`'s loop, whatever phase the process is in.
-
-    Before the loop serves, they raise StopRequested; while it serves, they ask it
-    to stop; once it has stopped (servers closing, children being waited for), a
-    repeated signal is only logged.  A forked request child dies of the signal, as
-    it would without this handler.  A prefork server replaces these handlers with
-    its own while it serves.
-    """
-    supervisor_pid = os.getpid()
-
-    def stop(signum: int, frame: object) -> None:
-        if os.getpid() != supervisor_pid:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        if server._sockherd_serving_thread is not None:
-            server.shutdown()  # from the serving thread, sockherd only asks the loop to stop
-        elif server._sockherd_loop_finished():
-            _note_from_signal_handler(f"{signal.Signals(signum).name}: already stopping")
-        else:
-            raise StopRequested
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-
-
-def _note_from_signal_handler(message: str) -> None:
-    """One INFO line, formatted as LOG_FORMAT, from a signal handler: straight to fd 2.
-
-    The signal may have interrupted a write to sys.stderr; writing through logging's
-    stream then would be a reentrant call on the same buffered stream and lose the line.
-    """
-    if log.isEnabledFor(logging.INFO):
-        record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, (), None)
-        try:
-            os.write(2, (logging.Formatter(LOG_FORMAT).format(record) + "\n").encode())
-        except OSError:
-            pass
+    return server_mode(server)
 
 
 # --- helpers -----------------------------------------------------------------------------

@@ -40,3 +40,15 @@ def stdlib_server():
     import socketserver
 
     return socketserver.TCPServer(("127.0.0.1", 0), EchoHandler)
+
+
+class CarelessPreforkServer(sockherd.PreforkTCPServer):
+    """A prefork server whose service_actions() override forgets to call super()."""
+
+    def service_actions(self) -> None:
+        pass
+
+
+def careless_prefork_server() -> CarelessPreforkServer:
+    """A factory for two echo workers under a service_actions() that does nothing."""
+    return CarelessPreforkServer(("127.0.0.1", 0), EchoHandler, workers=2, graceful_timeout=5)

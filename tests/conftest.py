@@ -123,6 +123,18 @@ def serving(server: Any, poll_interval: float = 0.5) -> Iterator[threading.Threa
         server.server_close()
 
 
+def pool_of(server: Any) -> Any:
+    """The public snapshot of a prefork server's pool, once its supervisor runs it."""
+    return wait_until(server.pool_snapshot)
+
+
+def metrics_endpoint(server: Any) -> Any:
+    """The metrics endpoint serving `server`'s loop, once it listens."""
+    from sockherd.metrics.service import endpoint_of
+
+    return wait_until(lambda: endpoint_of(server))
+
+
 def tcp_request(
     address: tuple[str, int], payload: bytes = b"ping\n", timeout: float = 5.0
 ) -> bytes:

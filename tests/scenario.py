@@ -98,10 +98,16 @@ PRELUDE = textwrap.dedent(
 
     class ReportMetricsPort:
         # Mixed into a server: tells the test the metrics port once the endpoint listens.
-        def _sockherd_open_metrics(self):
-            endpoint = super()._sockherd_open_metrics()
-            ready(address=list(self.server_address), metrics=endpoint.address[1], pid=os.getpid())
-            return endpoint
+        _reported = False
+
+        def service_actions(self):
+            super().service_actions()
+            from sockherd.metrics.service import endpoint_address
+
+            metrics = endpoint_address(self)
+            if metrics is not None and not self._reported:
+                self._reported = True
+                ready(address=list(self.server_address), metrics=metrics[1], pid=os.getpid())
     """
 )
 

@@ -155,10 +155,12 @@ def main(spec: dict[str, Any]) -> None:
             super().service_actions()
             if not reported:
                 reported.append(True)
-                metrics = self._sockherd_metrics
+                from sockherd.metrics.service import endpoint_address
+
+                metrics = endpoint_address(self)
                 report = {
                     "address": list(self.server_address[:2]),
-                    "metrics_port": metrics.address[1] if metrics is not None else None,
+                    "metrics_port": metrics[1] if metrics is not None else None,
                     "pid": os.getpid(),
                 }
                 print(json.dumps(report), flush=True)

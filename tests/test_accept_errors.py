@@ -126,7 +126,7 @@ def test_harmless_accept_errors_are_silent_but_counted(caplog):
         tcp_request(server.server_address)
         tcp_request(server.server_address)
     assert caplog.records == []
-    assert server._sockherd_accept_backoff.failures == {"ECONNABORTED": 1, "EAGAIN": 1}
+    assert server.accept_errors == {"ECONNABORTED": 1, "EAGAIN": 1}
 
 
 @pytest.mark.parametrize("code", [errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM])
@@ -139,4 +139,4 @@ def test_resource_errors_start_one_logged_episode(code, caplog):
     messages = [record.getMessage() for record in caplog.records]
     assert sum("Pausing accepts" in message for message in messages) == 1
     assert sum("works again after 3 failed attempts" in message for message in messages) == 1
-    assert server._sockherd_accept_backoff.failures == {errno.errorcode[code]: 3}
+    assert server.accept_errors == {errno.errorcode[code]: 3}

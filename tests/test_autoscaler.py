@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import serving, tcp_request, wait_until
+from conftest import pool_of, serving, tcp_request, wait_until
 from prefork_handlers import Commands
 
 import sockherd
@@ -80,9 +80,9 @@ def test_pool_grows_under_load_and_shrinks_when_idle():
         clients = [threading.Thread(target=client) for _ in range(4)]
         for thread in clients:
             thread.start()
-        wait_until(lambda: server._sockherd_pool.desired >= 3, timeout=5)
-        grown.append(server._sockherd_pool.desired)
+        wait_until(lambda: pool_of(server).desired >= 3, timeout=5)
+        grown.append(pool_of(server).desired)
         for thread in clients:
             thread.join(10)
-        wait_until(lambda: server._sockherd_pool.desired <= 2, timeout=10)
+        wait_until(lambda: pool_of(server).desired <= 2, timeout=10)
     assert grown[0] >= 3

@@ -333,7 +333,8 @@ def test_repeated_binds_in_prefork_mode_give_each_listener_a_pool(tmp_path):
         assert table.returncode == 0, table.stderr
         rows = table.stdout.splitlines()
         assert rows[0].split() == ["SERVER", "SLOT", "PID", "STATE", "REQUESTS", "AGE"]
-        assert len(rows) == 1 + 4 + 1 and "4 workers (4 wanted)" in rows[-1]
+        assert len(rows) == 1 + 4 + 2 and "4 workers (4 wanted)" in rows[-2]
+        assert rows[-1].startswith("supervisor pid ") and ": running, 0 requests" in rows[-1]
         scaled = ctl(control, "scale", "+1")
         assert scaled.returncode == 0 and scaled.stdout == "ok desired=6\n"
         wait_until(lambda: len(json.loads(ctl(control, "status", "--json").stdout)["workers"]) == 6)
@@ -352,7 +353,8 @@ def test_ctl_status_prints_a_table_of_workers_and_json_on_request(tmp_path):
             assert tcp_request(listening_address(line), b"x\n") == b"x\n"
         table = ctl(control, "status")
         assert table.returncode == 0
-        header, *workers, summary = table.stdout.splitlines()
+        header, *workers, summary, state = table.stdout.splitlines()
+        assert state.endswith(": running, 0 requests in progress")
         assert header.split() == ["SLOT", "PID", "STATE", "REQUESTS", "AGE"]
         assert [row.split()[0] for row in workers] == ["0", "1"]
         assert sum(int(row.split()[3]) for row in workers) == 3

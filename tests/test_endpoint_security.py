@@ -26,7 +26,7 @@ import urllib.request
 import prefork_handlers
 import psutil
 import pytest
-from conftest import serving, tcp_request, wait_for_line, wait_until
+from conftest import metrics_endpoint, serving, tcp_request, wait_for_line, wait_until
 from prefork_handlers import Commands
 from scenario import UNPRIVILEGED_UID, Scenario, unprivileged_user_exists
 
@@ -204,7 +204,7 @@ def metrics_server(certificate=None, auth=(USER, PASSWORD), cls=sockherd.TCPServ
 
 
 def metrics_port(server) -> int:
-    return wait_until(lambda: server._sockherd_metrics).address[1]
+    return metrics_endpoint(server).address[1]
 
 
 def get(port: int, cafile: str | None = None, credentials=None, path: str = "/metrics"):
@@ -349,7 +349,7 @@ def test_clients_that_stall_before_or_during_the_handshake_block_nothing_and_are
                 assert get(port, certificate[0], (USER, PASSWORD))[0] == 200
                 timings.append(time.monotonic() - started)
             assert tcp_request(server.server_address, b"echo served\n").endswith(b"served\n")
-            wait_until(lambda: len(server._sockherd_metrics._clients) == 2)  # both still held
+            wait_until(lambda: len(metrics_endpoint(server)._clients) == 2)  # both still held
             dropped = []
             for stalled in (silent, half):
                 with contextlib.suppress(ConnectionResetError):
@@ -358,7 +358,7 @@ def test_clients_that_stall_before_or_during_the_handshake_block_nothing_and_are
         finally:
             silent.close()
             half.close()
-        wait_until(lambda: not server._sockherd_metrics._clients)
+        wait_until(lambda: not metrics_endpoint(server)._clients)
     print(
         f"\nscrapes while 2 clients stall: {[f'{t * 1000:.1f} ms' for t in timings]}; "
         f"stalled clients dropped after {[f'{t:.2f} s' for t in dropped]} "
@@ -419,7 +419,7 @@ def test_a_flood_of_endless_requests_does_not_grow_memory():
                 with contextlib.suppress(ConnectionResetError):
                     statuses.add(client.recv(12))
         assert get(port, None, (USER, PASSWORD))[0] == 200
-        wait_until(lambda: not server._sockherd_metrics._clients)  # nothing held on to
+        wait_until(lambda: not metrics_endpoint(server)._clients)  # nothing held on to
     growth = psutil.Process().memory_info().rss - rss
     print(
         f"\n50 clients with endless heads: {sent_total / 2**20:.1f} MiB accepted by the kernel, "

@@ -23,7 +23,7 @@ from conftest import serving, tcp_request, wait_until, zombie_children
 
 import sockherd
 from sockherd.examples.echo import EchoHandler
-from sockherd.supervisor import child_watch, forking
+from sockherd.server import child_watch, forking
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import serving, tcp_request, wait_until
+from conftest import metrics_endpoint, pool_of, serving, tcp_request, wait_until
 from prefork_handlers import Commands
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -44,8 +44,7 @@ def make_server(mode: str, **settings):
 
 
 def metrics_port(server) -> int:
-    endpoint = wait_until(lambda: server._sockherd_metrics)
-    return endpoint.address[1]
+    return metrics_endpoint(server).address[1]
 
 
 def scrape(server, path: str = "/metrics") -> str:
@@ -99,7 +98,7 @@ def test_counters_never_go_down_when_workers_are_killed_and_replaced():
         os.kill(victim["pid"], signal.SIGKILL)
         wait_until(lambda: victim["pid"] not in {w["pid"] for w in server.worker_stats()})
         tcp_request(server.server_address, b"hang\n", timeout=10)  # killed after the timeout
-        wait_until(lambda: server._sockherd_pool.restarts["timeout"] == 1)
+        wait_until(lambda: pool_of(server).restarts["timeout"] == 1)
         after_text = scrape(server)
     after = samples(after_text)
     for key, value in before.items():
@@ -284,9 +283,10 @@ server = sockherd.ForkingTCPServer(("127.0.0.1", 0), sockherd.StreamRequestHandl
 server.metrics_address = ("127.0.0.1", 0)
 loop = threading.Thread(target=server.serve_forever)
 loop.start()
-while server._sockherd_metrics is None:
+from sockherd.metrics.service import endpoint_address
+while endpoint_address(server) is None:
     pass
-port = server._sockherd_metrics.address[1]
+port = endpoint_address(server)[1]
 body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
 server.shutdown(); loop.join(); server.server_close()
 print(b"sockherd_requests_total" in body, "prometheus_client" in sys.modules)
@@ -320,9 +320,10 @@ else:
 server.metrics_address = ("127.0.0.1", 0)
 loop = threading.Thread(target=server.serve_forever, args=(0.05,))
 loop.start()
-while server._sockherd_metrics is None:
+from sockherd.metrics.service import endpoint_address
+while endpoint_address(server) is None:
     time.sleep(0.01)
-port = server._sockherd_metrics.address[1]
+port = endpoint_address(server)[1]
 
 def scrape():
     began = time.perf_counter()
@@ -392,7 +393,7 @@ def test_a_request_whose_process_is_killed_counts_as_aborted(mode):
         if mode == "forking":
             wait_until(lambda: not server.active_children)
         else:
-            wait_until(lambda: server._sockherd_pool.restarts["crashed"] == 1)
+            wait_until(lambda: pool_of(server).restarts["crashed"] == 1)
         text = scrape(server)
     assert total(text, "sockherd_requests_total", outcome="aborted") == 1
     assert total(text, "sockherd_requests_total") == 1

@@ -19,6 +19,7 @@ import psutil
 import pytest
 from conftest import (
     listening_address,
+    pool_of,
     serving,
     tcp_request,
     wait_for_line,
@@ -189,7 +190,7 @@ def test_killed_worker_is_replaced_and_only_its_request_fails(handoff):
         wait_until(lambda: len(live_workers(server)) == 4)
         assert victim not in {w["pid"] for w in server.worker_stats()}
         assert zombie_children() == []
-        assert server._sockherd_pool.restarts["crashed"] == 1
+        assert pool_of(server).restarts["crashed"] == 1
         print(f"\n{handoff}: {len(failures)} failed request(s) of 320 with a worker SIGKILLed")
 
 
@@ -203,8 +204,8 @@ def test_hung_handler_is_aborted_with_a_traceback_then_replaced(capfd, caplog):
         assert ask(server.server_address, "hang", timeout=10) == ""  # closed when killed
         wait_until(lambda: live_workers(server) and live_workers(server)[0]["pid"] != hung)
         assert ask(server.server_address, "echo after").endswith("after\n")
-        assert server._sockherd_pool.restarts["timeout"] == 1
-        assert server._sockherd_pool.exit_counts["signal SIGABRT"] == 1
+        assert pool_of(server).restarts["timeout"] == 1
+        assert pool_of(server).exits["signal SIGABRT"] == 1
     err = capfd.readouterr().err
     assert "Fatal Python error: Aborted" in err
     assert "in handle" in err and "prefork_handlers.py" in err  # the handler's own frame
@@ -214,8 +215,7 @@ def test_hung_handler_is_aborted_with_a_traceback_then_replaced(capfd, caplog):
 def test_worker_boot_failure_backs_off_instead_of_spinning(caplog):
     server = BrokenSetupServer(("127.0.0.1", 0), Commands, workers=2)
     with serving(server):
-        pool = wait_until(lambda: server._sockherd_pool)  # set once serve_forever() runs
-        wait_until(lambda: pool.restarts["boot_failure"] >= 4, timeout=10)
+        wait_until(lambda: pool_of(server).restarts.get("boot_failure", 0) >= 4, timeout=10)
     delays = [
         record.getMessage().rsplit("next start in ", 1)[1]
         for record in caplog.records
@@ -230,7 +230,7 @@ def test_max_requests_recycles_workers_without_losing_requests():
     with serving(server):
         pids = {int(ask(server.server_address, f"echo {i}").split()[0]) for i in range(20)}
         assert len(pids) >= 4
-        wait_until(lambda: server._sockherd_pool.restarts["recycled"] >= 3)
+        wait_until(lambda: pool_of(server).restarts["recycled"] >= 3)
 
 
 def test_a_worker_over_max_worker_memory_is_recycled_after_its_request():
@@ -241,7 +241,7 @@ def test_a_worker_over_max_worker_memory_is_recycled_after_its_request():
         first = int(ask(server.server_address, "hoard 50").split()[0])
         assert int(ask(server.server_address, "echo small").split()[0]) == first
         assert int(ask(server.server_address, "hoard 250").split()[0]) == first  # answered
-        wait_until(lambda: server._sockherd_pool.restarts["recycled"] == 1)
+        wait_until(lambda: pool_of(server).restarts["recycled"] == 1)
         assert int(ask(server.server_address, "echo fresh").split()[0]) != first
 
 

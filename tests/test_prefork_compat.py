@@ -833,14 +833,14 @@ def test_a_worker_stops_after_a_sigterm_that_arrived_while_its_handler_ran_pytho
 
     released = mmap.mmap(-1, 1)  # anonymous shared memory: the worker sees the test's write
     sigterm_sent = threading.Event()
-    real_signal = worker_pool._signal
+    real_signal = worker_pool.send_signal
 
     def signal_and_tell(pid: int, signum: int) -> None:
         real_signal(pid, signum)
         if signum == signal.SIGTERM:
             sigterm_sent.set()
 
-    monkeypatch.setattr(worker_pool, "_signal", signal_and_tell)
+    monkeypatch.setattr(worker_pool, "send_signal", signal_and_tell)
 
     class Spinning(sockherd.BaseRequestHandler):
         def handle(self) -> None:
@@ -991,9 +991,11 @@ def test_shutdown_lets_a_request_in_progress_finish(recorder, handoff):
         with socket.create_connection(server.server_address, timeout=5) as client:
             client.sendall(b"half")
             wait_until(lambda: "handle" in recorder.texts())
-            pool = server._sockherd_pool
+            from sockherd.supervisor.arbiter import supervising
+
+            arbiter = supervising(server)
             stopper.start()
-            wait_until(lambda: pool.stopping)
+            wait_until(lambda: arbiter.snapshot().state == "draining")
             assert stopper.is_alive()  # the handler cannot end before the client's EOF
             client.sendall(b"-and-the-rest")
             client.shutdown(socket.SHUT_WR)

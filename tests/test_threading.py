@@ -25,12 +25,12 @@ import pytest
 from conftest import serving, tcp_request, wait_until
 
 import sockherd
-from sockherd.supervisor.threading_mixin import _Threads
+from sockherd.server.threading_mixin import _Threads
 
 LOOPBACK = ("127.0.0.1", 0)
 POLL = 0.05
 WAIT = 5.0  # upper bound for any Event wait; reached only when a test fails
-MIXIN_LOGGER = "sockherd.supervisor.threading_mixin"
+MIXIN_LOGGER = "sockherd.server.threading_mixin"
 
 
 def _recording_handler(ss: Any, threads: list[threading.Thread]) -> type:

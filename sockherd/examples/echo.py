@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sockherd.workers.request_handlers import DatagramRequestHandler, StreamRequestHandler
+from sockherd.server.request_handlers import DatagramRequestHandler, StreamRequestHandler
 
 
 class EchoHandler(StreamRequestHandler):

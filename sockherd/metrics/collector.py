@@ -1,44 +1,26 @@
-"""The collector: metric families built from a server's state at scrape time.
+"""The collector: metric families built from the public snapshot at scrape time.
 
-Nothing here counts anything: the figures live where they are produced (the
-scoreboard for prefork workers, `request_stats` for sync/threading/forking,
-the pool and the child table for exits and restarts) and are read at scrape
-time, so no metric object is shared with a forked child and counters stay
-monotonic across worker restarts.  Workers are labelled by scoreboard slot,
-never by pid.  Metric names follow ../shared/reference/prometheus.md §6.
+Nothing here counts anything and nothing here reads a private attribute: each
+scrape asks its snapshot source for one `SupervisorSnapshot` (see `snapshot`)
+and turns it into families.  The figures live where they are produced (the
+scoreboard for prefork workers, `request_stats` for sync/threading/forking, the
+pools and the child table for exits and restarts), so no metric object is shared
+with a forked child and counters stay monotonic across worker restarts.  Workers
+are labelled by scoreboard slot, never by pid.  Metric names follow
+../shared/reference/prometheus.md section 6.
 """
 
 from __future__ import annotations
 
-import collections
 import platform
-import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
 
 from .._version import VERSION
-from ..supervisor.autoscaler import listen_queue
-from ..workers.lifecycle import WorkerState
-from .exposition import Family, counter, gauge, histogram, info, merge, process_families
-from .request_stats import DURATION_BUCKETS, OUTCOMES
+from ..server.request_stats import DURATION_BUCKETS, OUTCOMES
+from .exposition import Family, counter, gauge, histogram, info, process_families
+from .snapshot import SUPERVISOR_STATES, PoolSnapshot, ServerSnapshot, SupervisorSnapshot
 
-REPORTED_STATES = (
-    WorkerState.STARTING,
-    WorkerState.IDLE,
-    WorkerState.BUSY,
-    WorkerState.STOPPING,
-)
-
-
-def server_label(server: Any) -> str:
-    """The `server` label: `metrics_name` if set, else the listening address."""
-    name = getattr(server, "metrics_name", None)
-    if name:
-        return str(name)
-    address = server.server_address
-    if isinstance(address, tuple):
-        return f"{address[0]}:{address[1]}"
-    return address.decode() if isinstance(address, bytes) else str(address)
+REPORTED_STATES = ("starting", "idle", "busy", "stopping")
 
 
 def _exit_labels(reason: str) -> tuple[str, str]:
@@ -47,222 +29,161 @@ def _exit_labels(reason: str) -> tuple[str, str]:
     return (value, "") if kind == "exit" else ("", value)
 
 
-class ServerCollector:
-    """Collects one sockherd server's metrics; `collect()` is called at each scrape."""
+class SnapshotCollector:
+    """Collects the metrics of one process; `collect()` is called at each scrape."""
 
-    def __init__(self, server: Any) -> None:
-        self.server = server
+    def __init__(self, source: Callable[[], SupervisorSnapshot]) -> None:
+        self.source = source
 
     def collect(self) -> Iterator[Family]:
-        """Yield every metric family, read from the server's live state."""
-        server = self.server
-        label = server_label(server)
+        """Yield every metric family, each with the samples of every server."""
+        snapshot = self.source()
+        servers = snapshot.servers
         yield info(
             "sockherd_build",
             "sockherd version and Python",
             {"version": VERSION, "python": platform.python_version()},
         )
-
-        pool = getattr(server, "_sockherd_pool", None)
-        if pool is not None:
-            by_outcome, buckets, duration_sum = self._pool_requests(pool, label)
-        else:
-            stats = server.request_stats
-            by_outcome = {(label, "", o): stats.by_outcome[o] for o in OUTCOMES}
-            buckets, duration_sum = list(stats.buckets), stats.duration_sum
+        if snapshot.supervised:
+            state = gauge(
+                "sockherd_supervisor_state",
+                "The supervisor's state: 1 for the current one, 0 for the others",
+            )
+            for name in SUPERVISOR_STATES:
+                state.add({"state": name}, 1 if name == snapshot.state else 0)
+            yield state
 
         requests = counter(
             "sockherd_requests", "Requests finished, by outcome (ok, error, timeout, aborted)"
         )
-        for (server_name, worker, outcome), value in by_outcome.items():
-            requests.add(
-                {"server": server_name, "worker": worker, "outcome": outcome}, value, "_total"
-            )
+        for server in servers:
+            for worker, by_outcome in _requests_by_worker(server):
+                for outcome in OUTCOMES:
+                    labels = {"server": server.label, "worker": worker, "outcome": outcome}
+                    requests.add(labels, by_outcome.get(outcome, 0), "_total")
         yield requests
 
-        yield histogram(
-            "sockherd_request_duration_seconds",
-            "Time from the start of a request to its end",
-            {"server": label},
-            DURATION_BUCKETS,
-            buckets,
-            duration_sum,
+        durations = histogram(
+            "sockherd_request_duration_seconds", "Time from the start of a request to its end"
         )
+        for server in servers:
+            durations.add_histogram(
+                {"server": server.label}, DURATION_BUCKETS, server.buckets, server.duration_sum
+            )
+        yield durations
 
         active = gauge("sockherd_connections_active", "Requests in progress")
-        active.add({"server": label}, self._in_flight(pool))
+        for server in servers:
+            active.add({"server": server.label}, server.in_progress)
         yield active
 
         errors = counter(
             "sockherd_accept_errors",
             "Failed accept()/recvfrom() calls in the serving process, by errno",
         )
-        for name, value in sorted(self._accept_failures().items()):
-            errors.add({"server": label, "errno": name}, value, "_total")
+        for server in servers:
+            for name, value in sorted(server.accept_errors.items()):
+                errors.add({"server": server.label, "errno": name}, value, "_total")
         yield errors
 
-        fork_failures = self._fork_failures(pool)
-        if fork_failures:
-            forks = counter(
-                "sockherd_fork_failures",
-                "Failed attempts to fork a request child or a worker, by errno",
-            )
-            for (kind, name), value in sorted(fork_failures.items()):
-                forks.add({"server": label, "kind": kind, "errno": name}, value, "_total")
+        forks = counter(
+            "sockherd_fork_failures",
+            "Failed attempts to fork a request child or a worker, by errno",
+        )
+        for server in servers:
+            failed = [("request", server.fork_failures)]
+            if server.pool is not None:
+                failed.append(("worker", server.pool.fork_failures))
+            for kind, by_errno in failed:
+                for name, value in sorted(by_errno.items()):
+                    labels = {"server": server.label, "kind": kind, "errno": name}
+                    forks.add(labels, value, "_total")
+        if forks.samples:
             yield forks
 
-        if pool is not None:
-            yield from self._pool_families(pool, label)
-        if hasattr(server, "child_exit_counts"):  # ForkingMixIn
-            yield from self._forking_families(label)
-        yield from self._listen_queue(label)
+        pools = [(server.label, server.pool) for server in servers if server.pool is not None]
+        if pools:
+            yield from _pool_families(pools, snapshot.orphans_reaped)
+        exits = counter("sockherd_child_exits", "Reaped children by kind, exit code and signal")
+        limits = gauge("sockherd_max_children", "ForkingMixIn.max_children")
+        for server in servers:
+            if server.pool is not None:
+                _add_exits(exits, server.label, "worker", server.pool.exits)
+            if server.child_exits is not None:
+                _add_exits(exits, server.label, "request", server.child_exits)
+                limits.add({"server": server.label}, server.max_children or 0)
+        if pools or limits.samples:
+            yield exits
+        if limits.samples:
+            yield limits
+        yield from _listen_queue_families(servers)
         yield from process_families()
 
-    def _accept_failures(self) -> collections.Counter[str]:
-        """Failed accepts of the server's socket, the metrics endpoint and the control socket."""
-        total: collections.Counter[str] = collections.Counter()
-        server = self.server
-        backoffs = (
-            getattr(server, "_sockherd_accept_backoff", None),
-            getattr(getattr(server, "_sockherd_metrics", None), "accept_backoff", None),
-            getattr(getattr(server, "_sockherd_control", None), "accept_backoff", None),
-        )
-        for backoff in backoffs:
-            if backoff is not None:
-                total.update(backoff.failures)
-        return total
 
-    def _fork_failures(self, pool: Any) -> dict[tuple[str, str], int]:
-        """{(kind, errno name): failures}: request children (ForkingMixIn), workers (prefork)."""
-        found: dict[tuple[str, str], int] = {}
-        for kind, failures in (
-            ("request", getattr(self.server, "_sockherd_fork_failures", None)),
-            ("worker", getattr(pool, "fork_failures", None)),
-        ):
-            if failures is not None:
-                for name, value in failures.by_errno.items():
-                    found[(kind, name)] = value
-        return found
+def _requests_by_worker(server: ServerSnapshot) -> Iterator[tuple[str, Mapping[str, int]]]:
+    """(worker label, requests by outcome): per slot in a pool, else one "" series."""
+    if server.pool is None:
+        yield "", server.requests
+        return
+    live = {worker.slot for worker in server.pool.workers}
+    for slot in server.pool.slots:
+        if any(slot.by_outcome.values()) or slot.slot in live:
+            yield str(slot.slot), slot.by_outcome
 
-    # --- per mode -----------------------------------------------------------------------
 
-    def _pool_requests(
-        self, pool: Any, label: str
-    ) -> tuple[dict[tuple[str, str, str], int], list[int], float]:
-        per_worker: dict[tuple[str, str, str], int] = {}
-        buckets = [0] * (len(DURATION_BUCKETS) + 1)
-        duration_sum = 0.0
-        scoreboard = pool.scoreboard
-        for index in range(scoreboard.size):
-            totals = scoreboard.totals(index)
-            if not (totals.requests or totals.timeouts or totals.aborted):
-                if index not in pool.workers:
-                    continue  # a slot never used: no series
-            worker = str(index)
-            per_worker[(label, worker, "ok")] = totals.requests - totals.errors
-            per_worker[(label, worker, "error")] = totals.errors
-            per_worker[(label, worker, "timeout")] = totals.timeouts
-            per_worker[(label, worker, "aborted")] = totals.aborted
-            buckets = [a + b for a, b in zip(buckets, totals.buckets, strict=True)]
-            duration_sum += totals.duration_sum
-        return per_worker, buckets, duration_sum
-
-    def _in_flight(self, pool: Any) -> int:
-        if pool is not None:
-            return sum(1 for i in pool.workers if pool.scoreboard.state(i) == WorkerState.BUSY)
-        children = getattr(self.server, "active_children", None)
-        if children is not None:
-            return len(children)
-        return int(self.server.request_stats.in_flight)
-
-    def _pool_families(self, pool: Any, label: str) -> Iterator[Family]:
-        workers = gauge("sockherd_workers", "Worker processes by state")
+def _pool_families(pools: list[tuple[str, PoolSnapshot]], orphans: int) -> Iterator[Family]:
+    workers = gauge("sockherd_workers", "Worker processes by state")
+    desired = gauge("sockherd_workers_desired", "Worker count the supervisor aims for")
+    age = gauge(
+        "sockherd_worker_heartbeat_age_seconds",
+        "Seconds since each worker last proved it is alive",
+    )
+    started = gauge("sockherd_worker_start_time_seconds", "Unix time each worker started")
+    restarts = counter(
+        "sockherd_worker_restarts",
+        "Workers that ended, by reason (crashed, timeout, recycled, stopped, boot_failure)",
+    )
+    reaped = counter(
+        "sockherd_orphans_reaped", "Abandoned descendants reaped as PID 1 or child subreaper"
+    )
+    for label, pool in pools:
         counts = dict.fromkeys(REPORTED_STATES, 0)
-        for index in pool.workers:
-            state = pool.scoreboard.state(index)
-            if state in counts:
-                counts[state] += 1
+        for worker in pool.workers:
+            if worker.state in counts:
+                counts[worker.state] += 1
         for state, value in counts.items():
-            workers.add({"server": label, "state": state.name.lower()}, value)
-        yield workers
-
-        desired = gauge("sockherd_workers_desired", "Worker count the supervisor aims for")
+            workers.add({"server": label, "state": state}, value)
         desired.add({"server": label}, pool.desired)
-        yield desired
-
-        now_monotonic, now_wall = time.monotonic(), time.time()
-        age = gauge(
-            "sockherd_worker_heartbeat_age_seconds",
-            "Seconds since each worker last proved it is alive",
-        )
-        started = gauge("sockherd_worker_start_time_seconds", "Unix time each worker started")
-        for index in sorted(pool.workers):
-            slot = pool.scoreboard.slots[index]
-            labels = {"server": label, "worker": str(index)}
-            age.add(labels, max(0.0, now_monotonic - slot.heartbeat))
-            started.add(labels, now_wall - (now_monotonic - slot.started))
-        yield age
-        yield started
-
-        restarts = counter(
-            "sockherd_worker_restarts",
-            "Workers that ended, by reason (crashed, timeout, recycled, stopped, boot_failure)",
-        )
+        for worker in sorted(pool.workers, key=lambda w: w.slot):
+            labels = {"server": label, "worker": str(worker.slot)}
+            age.add(labels, worker.heartbeat_age)
+            started.add(labels, worker.started_at)
         for reason, value in sorted(pool.restarts.items()):
             restarts.add({"server": label, "reason": reason}, value, "_total")
-        yield restarts
-
-        yield _exits_family(label, "worker", pool.exit_counts)
-
-        orphans = counter(
-            "sockherd_orphans_reaped", "Abandoned descendants reaped as PID 1 or child subreaper"
-        )
-        orphans.add({"server": label}, pool.orphans_reaped, "_total")
-        yield orphans
-
-    def _forking_families(self, label: str) -> Iterator[Family]:
-        server = self.server
-        yield _exits_family(label, "request", server.child_exit_counts)
-        limit = gauge("sockherd_max_children", "ForkingMixIn.max_children")
-        limit.add({"server": label}, server.max_children)
-        yield limit
-
-    def _listen_queue(self, label: str) -> Iterator[Family]:
-        sock = getattr(self.server, "socket", None)
-        queue = listen_queue(sock) if sock is not None else None
-        if queue is None:
-            return  # only Linux TCP listeners report it
-        waiting = gauge(
-            "sockherd_listen_queue_length",
-            "Connections waiting in the listen backlog (Linux TCP only)",
-        )
-        waiting.add({"server": label}, queue[0])
-        yield waiting
-        backlog = gauge(
-            "sockherd_listen_backlog", "The listen backlog the kernel applies (Linux TCP only)"
-        )
-        backlog.add({"server": label}, queue[1])
-        yield backlog
+    reaped.add({"server": pools[0][0]}, orphans, "_total")
+    yield from (workers, desired, age, started, restarts, reaped)
 
 
-def _exits_family(label: str, kind: str, counts: dict[str, int]) -> Family:
-    exits = counter("sockherd_child_exits", "Reaped children by kind, exit code and signal")
+def _add_exits(family: Family, label: str, kind: str, counts: Mapping[str, int]) -> None:
     for reason, value in sorted(counts.items()):
         exit_code, signal_name = _exit_labels(reason)
-        exits.add(
-            {"server": label, "kind": kind, "exit_code": exit_code, "signal": signal_name},
-            value,
-            "_total",
-        )
-    return exits
+        labels = {"server": label, "kind": kind, "exit_code": exit_code, "signal": signal_name}
+        family.add(labels, value, "_total")
 
 
-class GroupCollector:
-    """Collects the metrics of servers served by one loop, each under its `server` label."""
-
-    def __init__(self, servers: list[Any]) -> None:
-        self.collectors = [ServerCollector(server) for server in servers]
-
-    def collect(self) -> Iterator[Family]:
-        """Yield every family once, with the samples of every server."""
-        yield from merge(family for c in self.collectors for family in c.collect())
+def _listen_queue_families(servers: tuple[ServerSnapshot, ...]) -> Iterator[Family]:
+    queues = [(s.label, s.listen_queue) for s in servers if s.listen_queue is not None]
+    if not queues:
+        return  # only Linux TCP listeners report it
+    waiting = gauge(
+        "sockherd_listen_queue_length",
+        "Connections waiting in the listen backlog (Linux TCP only)",
+    )
+    backlog = gauge(
+        "sockherd_listen_backlog", "The listen backlog the kernel applies (Linux TCP only)"
+    )
+    for label, (queued, limit) in queues:
+        waiting.add({"server": label}, queued)
+        backlog.add({"server": label}, limit)
+    yield waiting
+    yield backlog

@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..supervisor.accept_backoff import AcceptBackoff
+from ..server.accept_backoff import AcceptBackoff
 from .endpoint_security import REALM, BasicAuth
 from .exposition import CONTENT_TYPE, render
 
@@ -79,17 +79,6 @@ class _Client:
         self.deadline = time.monotonic() + CLIENT_DEADLINE
         self.phase = phase
         self.writable = False
-
-
-def build_collectors(server: Any) -> list[Any]:
-    """What a scrape of `server` reads: its collector, or its whole group's (plus, later,
-    user metrics)."""
-    from .collector import GroupCollector, ServerCollector
-
-    group = server._sockherd_group()
-    if len(group) > 1:
-        return [GroupCollector(group)]
-    return [ServerCollector(server)]
 
 
 class MetricsEndpoint:
@@ -133,9 +122,9 @@ class MetricsEndpoint:
             listener.listen(MAX_CLIENTS)
         except OSError as error:
             listener.close()
-            from ..supervisor.socket_servers import _bind_error
+            from ..server.socket_servers import bind_error
 
-            raise _bind_error(error, family, address) from error
+            raise bind_error(error, family, address) from error
         listener.setblocking(False)
         self.listener = listener
         self.address = listener.getsockname()[:2]

@@ -49,6 +49,17 @@ class Family:
         """Add the sample `name + suffix{labels} value`."""
         self.samples.append(Sample(self.name + suffix, labels, value))
 
+    def add_histogram(
+        self, labels: dict[str, str], bounds: Iterable[float], counts: Iterable[int], total: float
+    ) -> None:
+        """Add one histogram series: non-cumulative `counts` per bound, then +Inf."""
+        cumulative = 0
+        for bound, count in zip((*bounds, math.inf), counts, strict=True):
+            cumulative += count
+            self.add({**labels, "le": _format_value(bound)}, cumulative, "_bucket")
+        self.add(labels, cumulative, "_count")
+        self.add(labels, total, "_sum")
+
 
 def counter(name: str, documentation: str) -> Family:
     """A counter family; add samples with suffix "_total"."""
@@ -60,23 +71,9 @@ def gauge(name: str, documentation: str) -> Family:
     return Family(name, "gauge", documentation)
 
 
-def histogram(
-    name: str,
-    documentation: str,
-    labels: dict[str, str],
-    bounds: Iterable[float],
-    counts: Iterable[int],
-    total: float,
-) -> Family:
-    """A histogram family with one series: non-cumulative `counts` per bound, then +Inf."""
-    family = Family(name, "histogram", documentation)
-    cumulative = 0
-    for bound, count in zip((*bounds, math.inf), counts, strict=True):
-        cumulative += count
-        family.add({**labels, "le": _format_value(bound)}, cumulative, "_bucket")
-    family.add(labels, cumulative, "_count")
-    family.add(labels, total, "_sum")
-    return family
+def histogram(name: str, documentation: str) -> Family:
+    """A histogram family; add series with `add_histogram()`."""
+    return Family(name, "histogram", documentation)
 
 
 def info(name: str, documentation: str, labels: dict[str, str]) -> Family:

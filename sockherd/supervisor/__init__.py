@@ -1,2 +1,6 @@
-"""The parent side: the serve loop, the listening sockets, the forking and threading mix-ins,
-reaping of children.  (The prefork pool manager and signal handling will live here too.)"""
+"""The parent process: the Arbiter and its parts.
+
+Signals, the child table and its one reaper, the worker pools, the autoscaler,
+the control socket, inherited listening sockets and serving several listeners
+from one loop.  Stands on `server`, `workers` and `metrics`.
+"""

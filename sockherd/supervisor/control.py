@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .accept_backoff import AcceptBackoff
+from ..server.accept_backoff import AcceptBackoff
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +199,10 @@ class ControlSocket:
         connection = self._clients.pop(fd).connection
         self._remove_source(fd)
         connection.close()
+
+    def accept_errors(self) -> dict[str, int]:
+        """Failed accepts of the control socket, by errno name."""
+        return dict(self.accept_backoff.failures)
 
     def expire_slow_clients(self) -> None:
         """Drop clients that have not sent a whole command within CLIENT_DEADLINE; watch the

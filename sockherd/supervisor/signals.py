@@ -2,32 +2,39 @@
 
 `SignalRelay.install()` (main thread only, as Python requires) replaces the
 handlers of the signals a supervisor answers to; each handler appends the
-signal's name to a queue and writes to the serve loop's wake-up pipe.  The
-loop later calls `server.handle_<name>()` (e.g. `handle_sighup`) for each,
-outside signal context.  `restore()` puts the previous handlers back.
+signal's name to a queue and writes a byte to the relay's own self-pipe, whose
+read end is a wake source of the serve loop.  The Arbiter then dispatches each
+name to a method (`handle_sigterm`, `handle_sighup`, ...) outside signal context.
+`restore()` puts the previous handlers back.
+
+A request child forked from the supervisor (fork mode) inherits the handlers: in
+it, a signal is given back to the default action, so the child dies of SIGTERM as
+it would without a supervisor.
 """
 
 from __future__ import annotations
 
 import collections
-import logging
+import os
 import signal
 import threading
-from collections.abc import Callable
+from types import FrameType
 
-log = logging.getLogger(__name__)
+from ..server.wakeup import WakeupPipe
 
 SUPERVISOR_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGUSR1")
 ORPHAN_SIGNALS = ("SIGCHLD",)  # only when the supervisor reaps orphans
+HandlerType = signal.Handlers | int | None | object
 
 
 class SignalRelay:
     """Queue of received signal names, filled by handlers, drained by the serve loop."""
 
-    def __init__(self, wake: Callable[[], None]) -> None:
-        self._wake = wake
+    def __init__(self) -> None:
+        self.pipe = WakeupPipe()
+        self._pid = os.getpid()
         self._pending: collections.deque[str] = collections.deque()
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, HandlerType] = {}
 
     def install(self, names: tuple[str, ...] = SUPERVISOR_SIGNALS) -> bool:
         """Install handlers for `names`; False (and nothing changed) outside the main thread."""
@@ -35,16 +42,26 @@ class SignalRelay:
             return False
         for name in names:
             signum = getattr(signal, name, None)
-            if signum is not None:
+            if signum is not None and signum not in self._previous:
                 self._previous[signum] = signal.signal(signum, self._record)
         return True
 
-    def _record(self, signum: int, frame: object) -> None:
+    @property
+    def installed(self) -> bool:
+        """Whether the handlers are in place."""
+        return bool(self._previous)
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:  # a forked request child: die as it would anyway
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         self._pending.append(signal.Signals(signum).name)
-        self._wake()
+        self.pipe.wake()
 
     def pending(self) -> list[str]:
         """Take every signal name received since the last call, oldest first."""
+        self.pipe.drain()
         names = []
         while self._pending:
             names.append(self._pending.popleft())
@@ -55,3 +72,8 @@ class SignalRelay:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)  # type: ignore[arg-type]
         self._previous.clear()
+
+    def close(self) -> None:
+        """Restore the handlers and close the pipe."""
+        self.restore()
+        self.pipe.close()

@@ -1,5 +1,8 @@
-"""The multiprocess Process class the pool forks workers with: one that leaks nothing when
-fork() fails.
+"""The adapter to multiprocess: the one module that touches its internals.
+
+Two contacts, both here: the Process class the pool forks workers with (one that
+leaks nothing when fork() fails), and `record_exit()`, which hands multiprocess an
+exit status that the supervisor's reaper took with waitpid().
 
 multiprocess's fork `Popen._launch()` makes two pipes and then calls
 `os.fork()`; when the fork fails (EAGAIN at the process limit, ENOMEM) the
@@ -52,3 +55,15 @@ def worker_process_class(context: Any) -> type:
             return _ClosingPopen(process_obj)
 
     return WorkerProcess
+
+
+def record_exit(process: Any, exitcode: int) -> None:
+    """Tell multiprocess that the supervisor's reaper has waited for `process`.
+
+    multiprocess 0.70 waits on its own pid in `Process.exitcode`; once our waitpid()
+    has taken the status, its own wait would fail and `is_alive()` would stay True
+    forever.  This is the one place that touches its internals (`Popen.returncode`).
+    """
+    popen = getattr(process, "_popen", None)
+    if popen is not None and popen.returncode is None:
+        popen.returncode = exitcode

@@ -17,7 +17,7 @@ import mmap
 import time
 from dataclasses import dataclass, field
 
-from ..metrics.request_stats import DURATION_BUCKETS, bucket_index
+from ..server.request_stats import DURATION_BUCKETS, bucket_index
 from .lifecycle import TRANSITIONS, IllegalTransition, WorkerState
 
 BUCKETS = len(DURATION_BUCKETS) + 1  # the last one is +Inf
@@ -117,10 +117,13 @@ class Scoreboard:
         return bool(slot.begun > slot.requests + slot.timeouts)
 
     def claim(self, generation: int) -> int | None:
-        """Take a FREE slot for a worker about to be forked; None if all are taken."""
+        """Take a FREE (or DEAD: its last worker reaped) slot for a worker about to be
+        forked; None if all are taken."""
         for index in range(self.size):
-            if self.slots[index].state == WorkerState.FREE:
+            if self.slots[index].state in (WorkerState.FREE, WorkerState.DEAD):
                 slot = self.slots[index]
+                if slot.state == WorkerState.DEAD:
+                    self.set_state(index, WorkerState.FREE)
                 slot.generation = generation
                 slot.stop = 0
                 slot.pid = 0
@@ -130,7 +133,8 @@ class Scoreboard:
         return None
 
     def release(self, index: int, request_lost: str | None = None) -> None:
-        """After the worker is reaped: fold its figures into `folded[index]` and free the slot.
+        """After the worker is reaped: fold its figures into `folded[index]` and mark the
+        slot DEAD, which it stays (observable, its last pid kept) until `claim()` reuses it.
 
         `request_lost` is "timeouts" or "aborted" when it died with a request in hand.
         """
@@ -148,8 +152,6 @@ class Scoreboard:
             setattr(folded, request_lost, getattr(folded, request_lost) + 1)
         slot.requests = slot.errors = slot.timeouts = slot.begun = 0
         slot.duration_sum = 0.0
-        slot.pid = 0
-        self.set_state(index, WorkerState.FREE)
 
     def totals(self, index: int) -> FoldedCounts:
         """Slot `index`'s figures, exited workers and the live one together (monotonic)."""

@@ -40,7 +40,7 @@ import sys
 import time
 from typing import Any
 
-from ..supervisor.read_deadline import limit_reads
+from ..server.read_deadline import limit_reads, read_timed_out
 from .fd_passing import receive_connection
 from .lifecycle import WorkerState
 from .scoreboard import Scoreboard
@@ -176,8 +176,7 @@ class Worker:
         except (BlockingIOError, InterruptedError):
             return False  # SO_RCVTIMEO expired: time to beat and look at the stop flag
         except OSError as error:
-            self.server._sockherd_backoff().failed(error, self.server.server_address)
-            pause = self.server._sockherd_accept_backoff.paused_for()
+            pause = self.server.accept_failed(error)
             if pause:
                 select.select([self.wake_read], [], [], pause)
             return False
@@ -238,7 +237,7 @@ class Worker:
         try:
             self.server.finish_request(request, client_address)
         except Exception:
-            outcome = self.server._sockherd_failure_outcome(request)
+            outcome = "timeout" if read_timed_out(request) else "error"
             self.server.handle_error(request, client_address)
         finally:
             # Count before the connection closes: once the client has its answer, the

@@ -4,11 +4,11 @@ A `LoopWait` lives for one `serve_forever()` or `handle_request()` call and owns
 that call's selector (CPython builds a fresh one per call too).  It watches:
 
 * the server itself (its `fileno()`), unless an accept back-off is in force,
-  and likewise every other server of its group (`server._sockherd_siblings`),
+  and likewise every other server of its group (`server.join_loop()`),
   whose ready connections are handled right here;
 * the wake sources registered on the server (fd -> callback), e.g. one fd per
   forked child, kept in step as they come and go through
-  `BaseServer._sockherd_add_wake_source()` / `_sockherd_remove_wake_source()`;
+  `BaseServer.add_wake_source()` / `remove_wake_source()`;
 * optionally the server's wake-up pipe, which `shutdown()` writes to.
 
 Registrations change incrementally, O(1) per change, so a busy forking loop
@@ -37,7 +37,7 @@ class LoopWait:
         self._listening: set[Any] = set()  # the servers whose sockets are watched now
         if wakeup is not None:
             selector.register(wakeup.read_fd, selectors.EVENT_READ, wakeup.drain)
-        for fd, (callback, events) in (server._sockherd_wake_sources or {}).items():
+        for fd, (callback, events) in server._loop.wake_sources.items():
             selector.register(fd, events, callback)
 
     def add(
@@ -66,8 +66,8 @@ class LoopWait:
         """
         server = self._server
         timeout = self._watch(server, _LISTENER, timeout)
-        for sibling in server._sockherd_siblings:
-            timeout = self._watch(sibling, sibling._handle_request_noblock, timeout)
+        for guest in server._loop.guests:
+            timeout = self._watch(guest, guest._handle_request_noblock, timeout)
         listener_ready = False
         for key, _events in self._selector.select(timeout):
             if key.data is _LISTENER:
@@ -79,11 +79,10 @@ class LoopWait:
     def _watch(self, server: Any, data: Any, timeout: float | None) -> float | None:
         """Watch `server`'s socket or not, as its back-off and its pool allow; return the
         sleep, capped at the remaining back-off pause."""
-        backoff = server._sockherd_accept_backoff
-        paused_for = backoff.paused_for() if backoff is not None else 0.0
+        paused_for = server.accept_paused_for()
         if paused_for:
             timeout = paused_for if timeout is None else min(timeout, paused_for)
-        listen = not paused_for and server._sockherd_accepting()
+        listen = not paused_for and server.accepting()
         if listen and server not in self._listening:
             self._selector.register(server, selectors.EVENT_READ, data)
             self._listening.add(server)

@@ -47,14 +47,13 @@ from typing import Any
 
 from .base_server import _ServerSelector
 from .child_exits import describe_wait_status
-from .child_watch import close_watch_fd, prepare_child_watch
+from .child_watch import REAP_RETRY_DELAYS, close_watch_fd, prepare_child_watch
 from .fork_failures import ForkFailures
 
 log = logging.getLogger(__name__)
 
 KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL once close_timeout has expired
 _UNWATCHED_POLL = 0.05  # how often children without a watch fd are polled while waiting
-_SENTINEL_RETRY_DELAYS = (0.0, 0.001, 0.002, 0.004, 0.008, 0.016)
 
 
 def _flush_std_streams() -> None:
@@ -96,17 +95,23 @@ class ForkingMixIn:
     close_timeout: float | None = None
 
     # sockherd state, created lazily (no mix-in __init__, as in CPython).
-    _sockherd_child_watches: dict[int, _ChildWatch] | None = None
-    _sockherd_child_exit_counts: collections.Counter[str] | None = None
-    _sockherd_fork_failures: ForkFailures | None = None
+    _child_watches: dict[int, _ChildWatch] | None = None
+    _child_exit_counts: collections.Counter[str] | None = None
+    _fork_failures: ForkFailures | None = None
 
     @property
     def child_exit_counts(self) -> collections.Counter[str]:
         """How many children ended how, e.g. {"exit 0": 198, "exit 1": 2}.  Never reset."""
-        counts = self._sockherd_child_exit_counts
+        counts = self._child_exit_counts
         if counts is None:
-            counts = self._sockherd_child_exit_counts = collections.Counter()
+            counts = self._child_exit_counts = collections.Counter()
         return counts
+
+    @property
+    def fork_errors(self) -> dict[str, int]:
+        """Requests whose child could not be forked (EAGAIN, ENOMEM, ...), by errno name."""
+        failures = self._fork_failures
+        return dict(failures.by_errno) if failures is not None else {}
 
     def collect_children(self, *, blocking: bool = False) -> None:
         """Internal routine to wait for children that have exited."""
@@ -122,9 +127,9 @@ class ForkingMixIn:
 
         # Now reap all defunct children.  Without blocking, only those that may have
         # exited: one poll() of the watch fds replaces a waitpid() per live child.
-        candidates = self.active_children.copy() if blocking else self._sockherd_maybe_exited()
+        candidates = self.active_children.copy() if blocking else self._maybe_exited()
         for pid in candidates:
-            self._sockherd_try_reap(pid, 0 if blocking else os.WNOHANG)
+            self._try_reap(pid, 0 if blocking else os.WNOHANG)
 
     def handle_timeout(self) -> None:
         """Wait for zombies after self.timeout seconds of inactivity.
@@ -155,7 +160,7 @@ class ForkingMixIn:
             pid = os.fork()
         except OSError as error:
             pending.abandon()
-            self._sockherd_forks().failed(error, "closing connections until it works again")
+            self._forks().failed(error, "closing connections until it works again")
             self.shutdown_request(request)  # type: ignore[attr-defined]
             return
         except BaseException:
@@ -163,19 +168,18 @@ class ForkingMixIn:
             raise
         if pid:
             # Parent process
-            self._sockherd_forks().succeeded()
+            self._forks().succeeded()
             if self.active_children is None:
                 self.active_children = set()
             self.active_children.add(pid)
-            self._sockherd_watch_child(pid, pending.in_parent(pid), forked_at)
+            self._watch_child(pid, pending.in_parent(pid), forked_at)
             self.close_request(request)  # type: ignore[attr-defined]
             return
         else:
             # Child process.
             # This must never return, hence os._exit()!
             pending.in_child()
-            for server in self._sockherd_group():  # type: ignore[attr-defined]
-                server._sockherd_close_supervisor_fds()  # this one's and a group's host's
+            self.close_loop_fds()  # type: ignore[attr-defined]
             status = 1
             try:
                 self.finish_request(request, client_address)  # type: ignore[attr-defined]
@@ -198,58 +202,58 @@ class ForkingMixIn:
 
     # --- sockherd: the child table -------------------------------------------------
 
-    def _sockherd_forks(self) -> ForkFailures:
-        failures = self._sockherd_fork_failures
+    def _forks(self) -> ForkFailures:
+        failures = self._fork_failures
         if failures is None:
-            failures = self._sockherd_fork_failures = ForkFailures("fork")
+            failures = self._fork_failures = ForkFailures("fork")
         return failures
 
-    def _sockherd_watch_child(self, pid: int, fd: int | None, forked_at: float) -> None:
-        watches = self._sockherd_child_watches
+    def _watch_child(self, pid: int, fd: int | None, forked_at: float) -> None:
+        watches = self._child_watches
         if watches is None:
-            watches = self._sockherd_child_watches = {}
-        watch = watches[pid] = _ChildWatch(fd, lambda: self._sockherd_reap_one(pid), forked_at)
+            watches = self._child_watches = {}
+        watch = watches[pid] = _ChildWatch(fd, lambda: self._reap_one(pid), forked_at)
         if fd is not None:
-            self._sockherd_add_wake_source(fd, watch.on_exit)  # type: ignore[attr-defined]
+            self.add_wake_source(fd, watch.on_exit)  # type: ignore[attr-defined]
 
-    def _sockherd_unwatch(self, watch: _ChildWatch) -> None:
+    def _unwatch(self, watch: _ChildWatch) -> None:
         if watch.fd is not None:
-            self._sockherd_remove_wake_source(watch.fd)  # type: ignore[attr-defined]
+            self.remove_wake_source(watch.fd)  # type: ignore[attr-defined]
             close_watch_fd(watch.fd)
             watch.fd = None
 
-    def _sockherd_reap_one(self, pid: int) -> None:
+    def _reap_one(self, pid: int) -> None:
         """The child's watch fd turned readable: reap it now if it has really exited."""
         # A sentinel pipe reports EOF when the exiting child closes its fds, a moment
         # before the child becomes reapable: retry briefly (at most ~30 ms in all).
-        for delay in _SENTINEL_RETRY_DELAYS:
-            if self._sockherd_try_reap(pid):
+        for delay in REAP_RETRY_DELAYS:
+            if self._try_reap(pid):
                 return
             time.sleep(delay)
         # A sentinel pipe closed early (the child closed its fds): stop watching
         # it, so the loop does not spin; periodic collect_children() reaps it later.
-        watch = (self._sockherd_child_watches or {}).get(pid)
+        watch = (self._child_watches or {}).get(pid)
         if watch is not None:
-            self._sockherd_unwatch(watch)
+            self._unwatch(watch)
 
-    def _sockherd_try_reap(self, pid: int, flags: int = os.WNOHANG) -> bool:
+    def _try_reap(self, pid: int, flags: int = os.WNOHANG) -> bool:
         """waitpid() one child and record it if it is gone; True if it left the table."""
         try:
             reaped, status = os.waitpid(pid, flags)
         except ChildProcessError:
-            self._sockherd_child_gone(pid, None)  # someone else reaped it
+            self._child_gone(pid, None)  # someone else reaped it
             return True
         except OSError:
             return False
         if reaped:
-            self._sockherd_child_gone(pid, status)
+            self._child_gone(pid, status)
             return True
         return False
 
-    def _sockherd_child_gone(self, pid: int, status: int | None) -> None:
+    def _child_gone(self, pid: int, status: int | None) -> None:
         """The one place a reaped (or vanished) child leaves the child table."""
         # Tally first: whoever sees the pid leave active_children may read the counts.
-        watch = (self._sockherd_child_watches or {}).pop(pid, None)
+        watch = (self._child_watches or {}).pop(pid, None)
         if status is not None:
             self.child_exit_counts[describe_wait_status(status)] += 1
             if watch is not None:
@@ -257,13 +261,13 @@ class ForkingMixIn:
                     _request_outcome(status), monotonic() - watch.forked_at
                 )
         if watch is not None:
-            self._sockherd_unwatch(watch)
+            self._unwatch(watch)
         if status is not None:
-            self._sockherd_child_reaped(pid)  # type: ignore[attr-defined]
+            self._child_reaped(pid)  # type: ignore[attr-defined]
         if self.active_children is not None:
             self.active_children.discard(pid)
 
-    def _sockherd_maybe_exited(self) -> list[int]:
+    def _maybe_exited(self) -> list[int]:
         """Our children whose watch fd is readable, plus every child that has no watch fd.
 
         While a serve loop runs, the watch fds sit in its selector and an exited child
@@ -271,9 +275,8 @@ class ForkingMixIn:
         watch fd need looking at then, which keeps a poll() of every live child's fd off
         each loop iteration.
         """
-        watches = self._sockherd_child_watches or {}
-        loop_server: Any = self._sockherd_loop_host or self  # type: ignore[attr-defined]
-        if loop_server._sockherd_loop_wait is not None:
+        watches = self._child_watches or {}
+        if self.serving:  # type: ignore[attr-defined]
             return [
                 pid
                 for pid in self.active_children or ()
@@ -297,12 +300,12 @@ class ForkingMixIn:
         """Block until one of our children is reaped; False if none is left or on timeout."""
         while self.active_children:
             before = len(self.active_children)
-            watches = self._sockherd_child_watches or {}
+            watches = self._child_watches or {}
             unwatched = [
                 pid for pid in self.active_children if getattr(watches.get(pid), "fd", None) is None
             ]
             for pid in unwatched:
-                self._sockherd_try_reap(pid)
+                self._try_reap(pid)
             if len(self.active_children) < before:
                 return True
             timeout = None if not unwatched else _UNWATCHED_POLL

@@ -37,7 +37,7 @@ def _describe_address(family: int, address: Any) -> str:
     return repr(address)
 
 
-def _bind_error(error: OSError, family: int, address: Any) -> OSError:
+def bind_error(error: OSError, family: int, address: Any) -> OSError:
     where = _describe_address(family, address)
     unix = hasattr(socket, "AF_UNIX") and family == socket.AF_UNIX
     if error.errno == errno.EADDRINUSE and unix:
@@ -160,7 +160,7 @@ class TCPServer(BaseServer):
         try:
             self.socket.bind(self.server_address)
         except OSError as error:
-            friendly = _bind_error(error, self.address_family, self.server_address)
+            friendly = bind_error(error, self.address_family, self.server_address)
             if friendly is error:
                 raise
             raise friendly from error
@@ -202,9 +202,9 @@ class TCPServer(BaseServer):
         A read_timeout that is not positive raises ValueError.
         """
         connection, client_address = self.socket.accept()
-        return self._sockherd_limit_reads(connection), client_address
+        return self._limit_reads(connection), client_address
 
-    def _sockherd_limit_reads(self, connection: Any) -> Any:
+    def _limit_reads(self, connection: Any) -> Any:
         """Apply `read_timeout` to a connection just accepted (PreforkMixIn defers it)."""
         return limit_reads(connection, self.read_timeout)
 

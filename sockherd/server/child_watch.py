@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 
 _pidfd_supported: bool | None = None
 
+# A sentinel pipe reports EOF when the exiting child closes its fds, a moment before the
+# child becomes reapable: whoever reaps on an exit fd retries waitpid() after these
+# delays (about 30 ms in all) before deciding the fd fired early.
+REAP_RETRY_DELAYS = (0.0, 0.001, 0.002, 0.004, 0.008, 0.016)
+
 
 def pidfd_supported() -> bool:
     """Whether this process can use pidfds; probed once, with one logged note if not."""

@@ -94,7 +94,7 @@ class ThreadingMixIn:
             self.finish_request(request, client_address)  # type: ignore[attr-defined]
             outcome = "ok"
         except Exception:
-            outcome = self._sockherd_failure_outcome(request)  # type: ignore[attr-defined]
+            outcome = self._failure_outcome(request)  # type: ignore[attr-defined]
             self.handle_error(request, client_address)  # type: ignore[attr-defined]
         finally:
             stats.finished(outcome, monotonic() - began)

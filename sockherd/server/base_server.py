@@ -14,9 +14,12 @@ child) only when `poll_interval` expires.  Here the wait (`LoopWait`) also
 watches *wake sources*:
 
 * a self-pipe (`WakeupPipe`) that `shutdown()` writes to, so it returns at once;
-* fds that mix-ins register with `_sockherd_add_wake_source()`; ForkingMixIn
-  adds one per child that turns readable when the child exits, with a callback
-  that reaps it, so no zombie outlives one loop iteration.
+* fds registered with `add_wake_source()`; ForkingMixIn adds one per child that
+  turns readable when the child exits, with a callback that reaps it, so no
+  zombie outlives one loop iteration.
+
+The layers above take part in the loop only through `extension_points`
+(wake sources, loop hooks, one loop for several servers) and `loop_hooks`.
 
 `poll_interval` still bounds each wait, so `service_actions()` keeps running
 at least that often, as documented.  While an accept back-off is in force (see
@@ -30,19 +33,15 @@ import logging
 import selectors
 import sys
 import threading
-from collections.abc import Callable
 from time import monotonic as time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..metrics.request_stats import RequestStats
-from .accept_backoff import AcceptBackoff
+from . import extension_points
+from .loop_hooks import LoopHooks, loop_extensions
+from .loop_state import LoopState
 from .loop_wait import LoopWait
 from .read_deadline import read_timed_out
-from .wakeup import WakeupPipe
-
-if TYPE_CHECKING:
-    from ..metrics.endpoint import MetricsEndpoint
-    from ..metrics.user_multiprocess import UserMetrics
+from .request_stats import RequestStats
 
 # poll/select rather than epoll/kqueue: no extra fd and a single syscall per wait,
 # as CPython chose.  poll has no FD_SETSIZE limit.
@@ -99,30 +98,14 @@ class BaseServer:
     """
 
     timeout: float | None = None
-    # sockherd: serve Prometheus metrics on this (host, port) while serve_forever() runs.
-    metrics_address: tuple[str, int] | None = None
-    # sockherd: the `server` label of those metrics (default: the listening address).
-    metrics_name: str | None = None
-    # sockherd: (user, password) every scrape must present (HTTP basic auth); None: open.
-    metrics_basic_auth: tuple[str, str] | None = None
-    # sockherd: serve the metrics over HTTPS with this PEM certificate (chain) and PEM key
-    # (None: the key is in the certificate file).  See metrics.endpoint_security.
-    metrics_tls_certfile: str | None = None
-    metrics_tls_keyfile: str | None = None
 
-    # sockherd state, created lazily so subclasses that skip __init__ chains still work.
-    _sockherd_wakeup: WakeupPipe | None = None
-    _sockherd_accept_backoff: AcceptBackoff | None = None
-    _sockherd_serving_thread: int | None = None
-    _sockherd_wake_sources: dict[int, tuple[Callable[[], None], int]] | None = None
-    _sockherd_loop_wait: LoopWait | None = None
-    _sockherd_request_stats: RequestStats | None = None
-    _sockherd_metrics: MetricsEndpoint | None = None
-    _sockherd_user_metrics: UserMetrics | None = None
-    # A group of servers served by one loop (sockherd.supervisor.server_group): the
-    # first server's loop serves the others, which point at it as their loop host.
-    _sockherd_loop_host: Any = None
-    _sockherd_siblings: tuple[Any, ...] = ()
+    @property
+    def _loop(self) -> LoopState:
+        """sockherd's loop state, made on first use (subclasses may skip __init__)."""
+        state: LoopState | None = self.__dict__.get("_sockherd_loop")
+        if state is None:
+            state = self.__dict__["_sockherd_loop"] = LoopState()
+        return state
 
     def __init__(self, server_address: Any, RequestHandlerClass: Any) -> None:
         """Constructor.  May be extended, do not override."""
@@ -150,36 +133,38 @@ class BaseServer:
         may sleep before `service_actions()` runs again.
         """
         self.__is_shut_down.clear()
-        self._sockherd_serving_thread = threading.get_ident()
+        loop = self._loop
+        loop.serving_thread = threading.get_ident()
+        hooks = loop.running_hooks = loop.attached_hooks or tuple(loop_extensions(self))
         try:
-            wakeup = self._sockherd_wakeup_pipe()
+            wakeup = loop.wakeup_pipe(self.server_address)
             if wakeup is not None:
                 wakeup.drain()
-            metrics = self._sockherd_open_metrics()
+            for hook in hooks:
+                hook.loop_started(self)
             with _ServerSelector() as selector:
-                waiter = self._sockherd_loop_wait = LoopWait(self, selector, wakeup)
-                while not self.__shutdown_request:
+                waiter = loop.waiter = LoopWait(self, selector, wakeup)
+                while not self._stop_now(hooks):
                     ready = waiter.wait(poll_interval)
                     # bpo-35017: shutdown() called during select(), exit immediately.
-                    if self.__shutdown_request:
+                    if self._stop_now(hooks):
                         break
                     if ready:
                         self._handle_request_noblock()
 
                     self.service_actions()
-                    for sibling in self._sockherd_siblings:
-                        sibling.service_actions()
-                    if metrics is not None:
-                        metrics.expire_slow_clients()
+                    for guest in loop.guests:
+                        guest.service_actions()
+                    for hook in hooks:
+                        hook.after_iteration(self)
         finally:
-            self._sockherd_loop_wait = None
+            loop.waiter = None
             try:
-                for sibling in self._sockherd_siblings:
-                    sibling._sockherd_before_loop_exit()
-                self._sockherd_before_loop_exit()
-                self._sockherd_close_metrics()
+                for hook in hooks:
+                    hook.loop_ending(self)
             finally:
-                self._sockherd_serving_thread = None
+                loop.running_hooks = ()
+                loop.serving_thread = None
                 self.__shutdown_request = False
                 self.__is_shut_down.set()
 
@@ -196,15 +181,14 @@ class BaseServer:
         the current step and returns, where CPython would deadlock.  A server
         served by another server's loop (a group) stops that loop.
         """
-        host = self._sockherd_loop_host
-        if host is not None:
-            host.shutdown()
+        loop = self._loop
+        if loop.host is not None:
+            loop.host.shutdown()
             return
         self.__shutdown_request = True
-        wakeup = self._sockherd_wakeup
-        if wakeup is not None:
-            wakeup.wake()  # also ends a select() that PEP 475 resumes after a signal handler
-        if self._sockherd_serving_thread == threading.get_ident():
+        if loop.wakeup is not None:
+            loop.wakeup.wake()  # also ends a select() PEP 475 resumes after a signal handler
+        if loop.serving_thread == threading.get_ident():
             return
         self.__is_shut_down.wait()
 
@@ -248,7 +232,7 @@ class BaseServer:
         # Wait until a request arrives or the timeout expires - the loop is
         # necessary to accommodate early wakeups due to EINTR or wake sources.
         with _ServerSelector() as selector:
-            waiter = self._sockherd_loop_wait = LoopWait(self, selector, None)
+            waiter = self._loop.waiter = LoopWait(self, selector, None)
             try:
                 while True:
                     if waiter.wait(timeout):
@@ -258,7 +242,7 @@ class BaseServer:
                         if timeout < 0:
                             return self.handle_timeout()
             finally:
-                self._sockherd_loop_wait = None
+                self._loop.waiter = None
 
     def _handle_request_noblock(self) -> None:
         """Handle one request, without blocking.
@@ -270,9 +254,9 @@ class BaseServer:
         try:
             request, client_address = self.get_request()  # type: ignore[attr-defined]
         except OSError as error:
-            self._sockherd_backoff().failed(error, self.server_address)
+            self._loop.backoff().failed(error, self.server_address)
             return
-        backoff = self._sockherd_accept_backoff
+        backoff = self._loop.accept_backoff
         if backoff is not None:
             backoff.succeeded(self.server_address)
         if self.verify_request(request, client_address):
@@ -314,7 +298,7 @@ class BaseServer:
         try:
             self.finish_request(request, client_address)
         except BaseException:
-            stats.finished(self._sockherd_failure_outcome(request), time() - began)
+            stats.finished(self._failure_outcome(request), time() - began)
             raise
         stats.finished("ok", time() - began)
         self.shutdown_request(request)
@@ -326,10 +310,7 @@ class BaseServer:
 
         sockherd: also closes the loop's wake-up pipe.
         """
-        wakeup = self._sockherd_wakeup
-        if wakeup is not None:
-            self._sockherd_wakeup = None
-            wakeup.close()
+        self._loop.close_wakeup()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Finish one request by instantiating RequestHandlerClass."""
@@ -381,135 +362,41 @@ class BaseServer:
         Sync and threading servers count each request; ForkingMixIn counts each
         reaped child; prefork workers keep theirs in the scoreboard instead.
         """
-        stats = self._sockherd_request_stats
-        if stats is None:
-            stats = self._sockherd_request_stats = RequestStats()
-        return stats
+        return self._loop.stats()
 
-    # --- sockherd's loop machinery (private) -------------------------------------------
+    @property
+    def accept_errors(self) -> dict[str, int]:
+        """Failed accept()/recvfrom() calls of this server's socket, by errno name."""
+        backoff = self._loop.accept_backoff
+        return dict(backoff.failures) if backoff is not None else {}
 
-    def _sockherd_failure_outcome(self, request: Any) -> str:
-        """The request-metrics outcome of a request whose handler raised: "timeout" if
-        its connection was cut off by read_timeout, else "error"."""
+    # --- sockherd's extension points, for the layers above (see extension_points) -------
+
+    add_wake_source = extension_points.add_wake_source
+    remove_wake_source = extension_points.remove_wake_source
+    attach_loop_hooks = extension_points.attach_loop_hooks
+    detach_loop_hooks = extension_points.detach_loop_hooks
+    loop_hooks = property(extension_points.loop_hooks)
+    join_loop = extension_points.join_loop
+    loop_members = property(extension_points.loop_members)
+    serving = property(extension_points.serving)
+    accept_paused_for = extension_points.accept_paused_for
+    accept_failed = extension_points.accept_failed
+    accepting = extension_points.accepting
+    close_loop_fds = extension_points.close_loop_fds
+
+    # --- private to this layer ---------------------------------------------------------
+
+    def _stop_now(self, hooks: tuple[LoopHooks, ...]) -> bool:
+        """A stop was asked for and no loop hook holds the loop open (see `loop_hooks`)."""
+        return self.__shutdown_request and all(hook.stop_requested(self) for hook in hooks)
+
+    def _failure_outcome(self, request: Any) -> str:
+        """The outcome of a request whose handler raised: "timeout" if read_timeout cut
+        its connection off, else "error"."""
         return "timeout" if read_timed_out(request) else "error"
 
-    def _sockherd_loop_finished(self) -> bool:
-        """True once a serve_forever() loop has run to its end (and none runs now)."""
-        return self.__is_shut_down.is_set()
-
-    def _sockherd_group(self) -> list[Any]:
-        """Every server served by the same loop as this one, the loop's own first."""
-        host = self._sockherd_loop_host or self
-        return [host, *host._sockherd_siblings]
-
-    def _sockherd_accepting(self) -> bool:
-        """Whether the loop should watch the listening socket now (PreforkMixIn may say no)."""
-        return True
-
-    def _sockherd_before_loop_exit(self) -> None:
-        """Runs as serve_forever() ends, before shutdown() returns (PreforkMixIn stops workers)."""
-
-    def _sockherd_close_supervisor_fds(self) -> None:
-        """In a forked child: close the serve loop's own fds (wake-up pipe, metrics endpoint)."""
-        wakeup = self._sockherd_wakeup
-        if wakeup is not None:
-            self._sockherd_wakeup = None
-            wakeup.close()
-        metrics = self._sockherd_metrics
-        if metrics is not None:
-            self._sockherd_metrics = None
-            metrics.close_in_child()
-
-    def _sockherd_open_metrics(self) -> MetricsEndpoint | None:
-        if self.metrics_address is None:
-            return None
-        from ..metrics.endpoint import MetricsEndpoint, build_collectors
-        from ..metrics.endpoint_security import BasicAuth, tls_context
-        from ..metrics.user_multiprocess import UserMetrics, multiprocess_directory
-
-        # Settings first: a bad certificate fails the start before anything is touched.
-        tls = tls_context(self.metrics_tls_certfile, self.metrics_tls_keyfile)
-        auth = BasicAuth(self.metrics_basic_auth) if self.metrics_basic_auth is not None else None
-        collectors = build_collectors(self)
-        directory = multiprocess_directory()
-        if directory:
-            self._sockherd_user_metrics = UserMetrics(directory)
-            collectors.append(self._sockherd_user_metrics)
-        self._sockherd_metrics = MetricsEndpoint(
-            self.metrics_address,
-            collectors,
-            self._sockherd_add_wake_source,
-            self._sockherd_remove_wake_source,
-            tls=tls,
-            basic_auth=auth,
-        )
-        return self._sockherd_metrics
-
-    def _sockherd_close_metrics(self) -> None:
-        metrics = self._sockherd_metrics
-        if metrics is not None:
-            self._sockherd_metrics = None
-            metrics.close()
-        user_metrics = self._sockherd_user_metrics
-        if user_metrics is not None:
-            self._sockherd_user_metrics = None
-            user_metrics.close()
-
-    def _sockherd_child_reaped(self, pid: int) -> None:
-        """Every reaped child passes here (request children, workers, orphans)."""
-        if self._sockherd_user_metrics is not None:
-            self._sockherd_user_metrics.child_exited(pid)
-
-    def _sockherd_add_wake_source(
-        self, fd: int, callback: Callable[[], None], writable: bool = False
-    ) -> None:
-        """Wake the serve loop and run `callback` (in the loop) whenever `fd` is readable
-        (or writable, with `writable`).  Adding an fd again changes its callback/interest.
-
-        For mix-ins; ForkingMixIn adds each child's exit fd.  Takes effect at once
-        in a running loop and in every later one, until removed.  In a group, the
-        fd is watched by the loop that serves the group.
-        """
-        host = self._sockherd_loop_host
-        if host is not None:
-            host._sockherd_add_wake_source(fd, callback, writable)
-            return
-        sources = self._sockherd_wake_sources
-        if sources is None:
-            sources = self._sockherd_wake_sources = {}
-        events = selectors.EVENT_WRITE if writable else selectors.EVENT_READ
-        sources[fd] = (callback, events)
-        if self._sockherd_loop_wait is not None:
-            self._sockherd_loop_wait.add(fd, callback, events)
-
-    def _sockherd_remove_wake_source(self, fd: int) -> None:
-        """Stop watching `fd`.  Call it before closing the fd."""
-        host = self._sockherd_loop_host
-        if host is not None:
-            host._sockherd_remove_wake_source(fd)
-            return
-        if self._sockherd_wake_sources is not None:
-            self._sockherd_wake_sources.pop(fd, None)
-        if self._sockherd_loop_wait is not None:
-            self._sockherd_loop_wait.remove(fd)
-
-    def _sockherd_wakeup_pipe(self) -> WakeupPipe | None:
-        wakeup = self._sockherd_wakeup
-        if wakeup is None or wakeup.closed:
-            try:
-                wakeup = self._sockherd_wakeup = WakeupPipe()
-            except OSError as error:
-                log.warning(
-                    "serve_forever() on %s runs without its wake-up pipe (%s): shutdown() "
-                    "may take up to poll_interval",
-                    self.server_address,
-                    error,
-                )
-                return None
-        return wakeup
-
-    def _sockherd_backoff(self) -> AcceptBackoff:
-        backoff = self._sockherd_accept_backoff
-        if backoff is None:
-            backoff = self._sockherd_accept_backoff = AcceptBackoff()
-        return backoff
+    def _child_reaped(self, pid: int) -> None:
+        """Every reaped request child passes here, for the loop hooks to know."""
+        for hook in self.loop_members[0]._loop.running_hooks:
+            hook.child_reaped(self, pid)

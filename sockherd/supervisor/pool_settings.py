@@ -1,0 +1,84 @@
+"""What a worker pool knows of its server: the prefork settings, resolved once, and the
+small interface the pool's parts use (`PreforkServer`) and the Arbiter recognises
+(`PoolServer`).
+
+`PreforkMixIn.pool_settings()` builds the settings from the server's class
+attributes or keyword settings when its supervisor starts; the pool and its parts
+read only those.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from ..server.base_server import BaseServer
+
+if TYPE_CHECKING:
+    from .reaper import ChildReaper
+    from .worker_pool import WorkerPool
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """A pool's settings; see `PreforkMixIn` for what each means."""
+
+    workers: int
+    min_workers: int
+    max_workers: int
+    handoff: str  # "accept" or "dispatch"; always "accept" for a datagram server
+    worker_timeout: float | None
+    kill_grace: float
+    graceful_timeout: float
+    heartbeat_interval: float
+    autoscale: bool
+    min_spare_workers: int
+    max_spare_workers: int
+    autoscale_interval: float
+    autoscale_cooldown: float
+
+
+def default_workers() -> int:
+    """One worker per CPU."""
+    return os.cpu_count() or 1
+
+
+def default_max_workers() -> int:
+    """Four workers per CPU."""
+    return 4 * (os.cpu_count() or 1)
+
+
+class PreforkServer(Protocol):
+    """What the pool's parts need of a prefork server (a `PreforkMixIn` socket server)."""
+
+    socket: socket.socket
+    heartbeat_interval: float
+    max_requests: int
+    max_requests_jitter: int
+    max_worker_memory: int | None
+
+    @property
+    def loop_members(self) -> tuple[BaseServer, ...]: ...
+
+    def add_wake_source(
+        self, fd: int, callback: Callable[[], None], writable: bool = False
+    ) -> None: ...
+
+    def remove_wake_source(self, fd: int) -> None: ...
+
+    def close_loop_fds(self) -> None: ...
+
+
+@runtime_checkable
+class PoolServer(Protocol):
+    """A server the Arbiter runs a worker pool for (a `PreforkMixIn` server)."""
+
+    graceful_timeout: float
+    reap_orphans: bool | None
+
+    def start_pool(
+        self, reaper: ChildReaper, on_child_reaped: Callable[[int], None]
+    ) -> WorkerPool: ...
