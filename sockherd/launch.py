@@ -100,7 +100,9 @@ def load_target(path: str) -> Target:
     )
 
 
-def build_servers(target: Target, listeners: list[Listener], mode: str, options: dict) -> list:
+def build_servers(
+    target: Target, listeners: list[Listener], mode: str, options: dict[str, Any]
+) -> list[Any]:
     """The servers to run: one per listener for a handler, the factory's one otherwise."""
     if target.factory is not None:
         return [_call_factory(target)]
@@ -117,7 +119,7 @@ def build_servers(target: Target, listeners: list[Listener], mode: str, options:
     return servers
 
 
-def prefork_settings(options: dict) -> dict[str, Any]:
+def prefork_settings(options: dict[str, Any]) -> dict[str, Any]:
     """PreforkMixIn keyword arguments from the resolved command-line options."""
     names = {
         "workers": "workers",
@@ -137,7 +139,7 @@ def prefork_settings(options: dict) -> dict[str, Any]:
     return settings
 
 
-def apply_common_settings(servers: list, options: dict) -> None:
+def apply_common_settings(servers: list[Any], options: dict[str, Any]) -> None:
     """Settings every mode has: the read timeout, and metrics on the first server.
 
     Servers whose default metrics label (their address) would collide, such as
@@ -148,7 +150,7 @@ def apply_common_settings(servers: list, options: dict) -> None:
             server.read_timeout = options["read_timeout"]
     labels = [_address_label(server) for server in servers]
     for server, label in zip(servers, labels, strict=True):
-        if labels.count(label) > 1 and not server.metrics_name:
+        if labels.count(label) > 1 and not getattr(server, "metrics_name", None):
             server.metrics_name = server_url(server)
     first = servers[0]
     if options.get("metrics"):
@@ -218,7 +220,7 @@ def mode_of(server: Any) -> str:
 # --- helpers -----------------------------------------------------------------------------
 
 
-def _server_for(listener: Listener, handler: type, mode: str, settings: dict) -> Any:
+def _server_for(listener: Listener, handler: type, mode: str, settings: dict[str, Any]) -> Any:
     cls = server_class(mode, listener.family, listener.datagram)
     inherited = listener.inherited
     server = cls(listener.address, handler, bind_and_activate=inherited is None, **settings)

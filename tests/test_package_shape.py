@@ -3,9 +3,7 @@ the README and docs/architecture.md describe."""
 
 from __future__ import annotations
 
-import os
 import pathlib
-import re
 
 PROJECT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = PROJECT / "sockherd"

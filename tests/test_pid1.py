@@ -90,7 +90,10 @@ def test_pid1_reaps_the_grandchildren_handlers_abandon():
 
         def only_workers_left():
             processes = tree(supervisor)
-            zombies = [p for p in processes if p.status() == psutil.STATUS_ZOMBIE]
+            try:
+                zombies = [p for p in processes if p.status() == psutil.STATUS_ZOMBIE]
+            except psutil.NoSuchProcess:
+                return False  # one was reaped while we looked: look again
             return len(processes) == 2 and not zombies
 
         wait_until(only_workers_left, timeout=10)

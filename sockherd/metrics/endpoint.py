@@ -38,7 +38,7 @@ import re
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..server.accept_backoff import AcceptBackoff
 from .endpoint_security import REALM, BasicAuth
@@ -214,7 +214,7 @@ class MetricsEndpoint:
 
     def _handshake(self, fd: int, client: _Client) -> None:
         try:
-            client.connection.do_handshake()  # type: ignore[attr-defined]
+            cast("ssl.SSLSocket", client.connection).do_handshake()
         except self._ssl_want_read:
             self._watch(fd, client, writable=False)
             return

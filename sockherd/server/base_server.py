@@ -18,8 +18,7 @@ watches *wake sources*:
   turns readable when the child exits, with a callback that reaps it, so no
   zombie outlives one loop iteration.
 
-The layers above take part in the loop only through `extension_points`
-(wake sources, loop hooks, one loop for several servers) and `loop_hooks`.
+The layers above take part in the loop only through `extension_points` and `loop_hooks`.
 
 `poll_interval` still bounds each wait, so `service_actions()` keeps running
 at least that often, as documented.  While an accept back-off is in force (see
@@ -31,16 +30,17 @@ from __future__ import annotations
 
 import logging
 import selectors
+import socket as _socket
 import sys
 import threading
 from time import monotonic as time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import extension_points
 from .loop_hooks import LoopHooks, loop_extensions
 from .loop_state import LoopState
 from .loop_wait import LoopWait
-from .read_deadline import read_timed_out
+from .read_deadline import read_timed_out, report_read_timeout
 from .request_stats import RequestStats
 
 # poll/select rather than epoll/kqueue: no extra fd and a single syscall per wait,
@@ -98,6 +98,11 @@ class BaseServer:
     """
 
     timeout: float | None = None
+
+    if TYPE_CHECKING:  # what the socket servers below add, as CPython's BaseServer assumes
+        socket: _socket.socket
+
+        def get_request(self) -> tuple[Any, Any]: ...
 
     @property
     def _loop(self) -> LoopState:
@@ -221,7 +226,7 @@ class BaseServer:
         """
         # Support people who used socket.settimeout() to escape
         # handle_request before self.timeout was available.
-        timeout = self.socket.gettimeout()  # type: ignore[attr-defined]
+        timeout = self.socket.gettimeout()
         if timeout is None:
             timeout = self.timeout
         elif self.timeout is not None:
@@ -252,7 +257,7 @@ class BaseServer:
         blocking in get_request().
         """
         try:
-            request, client_address = self.get_request()  # type: ignore[attr-defined]
+            request, client_address = self.get_request()
         except OSError as error:
             self._loop.backoff().failed(error, self.server_address)
             return
@@ -333,12 +338,7 @@ class BaseServer:
         is logged in one WARNING line instead ("connection from ADDRESS timed out
         (read_timeout=N s); closed"); with read_timeout None the output is CPython's.
         """
-        if read_timed_out(request):
-            log.warning(
-                "connection from %s timed out (read_timeout=%g s); closed",
-                client_address,
-                request.read_timeout,
-            )
+        if report_read_timeout(request, client_address):
             return
         print("-" * 40, file=sys.stderr)
         print(

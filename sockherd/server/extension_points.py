@@ -56,7 +56,7 @@ def detach_loop_hooks(self: BaseServer, hooks: LoopHooks) -> None:
 
 def loop_hooks(self: BaseServer) -> tuple[LoopHooks, ...]:
     """The hooks attached to the loop that serves this server."""
-    return self.loop_members[0]._loop.attached_hooks
+    return loop_members(self)[0]._loop.attached_hooks
 
 
 def join_loop(self: BaseServer, host: BaseServer) -> None:
@@ -78,7 +78,7 @@ def loop_members(self: BaseServer) -> tuple[BaseServer, ...]:
 
 def serving(self: BaseServer) -> bool:
     """True while a `serve_forever()` loop runs for this server (or its loop host)."""
-    return self.loop_members[0]._loop.serving_thread is not None
+    return loop_members(self)[0]._loop.serving_thread is not None
 
 
 def accept_paused_for(self: BaseServer) -> float:
@@ -99,14 +99,14 @@ def accept_failed(self: BaseServer, error: OSError) -> float:
 def accepting(self: BaseServer) -> bool:
     """Whether the loop should watch the listening socket now: the hooks of the loop
     serving this server decide (a prefork pool with no idle worker says no)."""
-    hooks = self.loop_members[0]._loop.running_hooks
+    hooks = loop_members(self)[0]._loop.running_hooks
     return all(hook.accepting(self) for hook in hooks)
 
 
 def close_loop_fds(self: BaseServer) -> None:
     """In a process forked from the serving one: close the fds only the serving process
     may hold -- the loops' wake-up pipes and whatever the loop hooks hold."""
-    for member in self.loop_members:
+    for member in loop_members(self):
         member._loop.close_wakeup()
-    for hook in self.loop_members[0]._loop.running_hooks:
+    for hook in loop_members(self)[0]._loop.running_hooks:
         hook.in_forked_child(self)

@@ -43,12 +43,19 @@ import sys
 import time
 from collections.abc import Callable
 from time import monotonic
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base_server import _ServerSelector
 from .child_exits import describe_wait_status
 from .child_watch import REAP_RETRY_DELAYS, close_watch_fd, prepare_child_watch
 from .fork_failures import ForkFailures
+
+if TYPE_CHECKING:
+    # The host class a mix-in is mixed into, for the type checker only: at run time the
+    # mix-in's base is object, so the MRO is CPython's.
+    from .socket_servers import TCPServer as _MixInHost
+else:
+    _MixInHost = object
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +90,7 @@ class _ChildWatch:
         self.forked_at = forked_at
 
 
-class ForkingMixIn:
+class ForkingMixIn(_MixInHost):
     """Mix-in class to handle each request in a new process."""
 
     timeout: float | None = 300
@@ -161,7 +168,7 @@ class ForkingMixIn:
         except OSError as error:
             pending.abandon()
             self._forks().failed(error, "closing connections until it works again")
-            self.shutdown_request(request)  # type: ignore[attr-defined]
+            self.shutdown_request(request)
             return
         except BaseException:
             pending.abandon()
@@ -173,29 +180,29 @@ class ForkingMixIn:
                 self.active_children = set()
             self.active_children.add(pid)
             self._watch_child(pid, pending.in_parent(pid), forked_at)
-            self.close_request(request)  # type: ignore[attr-defined]
+            self.close_request(request)
             return
         else:
             # Child process.
             # This must never return, hence os._exit()!
             pending.in_child()
-            self.close_loop_fds()  # type: ignore[attr-defined]
+            self.close_loop_fds()
             status = 1
             try:
-                self.finish_request(request, client_address)  # type: ignore[attr-defined]
+                self.finish_request(request, client_address)
                 status = 0
             except Exception:
-                self.handle_error(request, client_address)  # type: ignore[attr-defined]
+                self.handle_error(request, client_address)
             finally:
                 try:
-                    self.shutdown_request(request)  # type: ignore[attr-defined]
+                    self.shutdown_request(request)
                 finally:
                     _flush_std_streams()
                     os._exit(status)
 
     def server_close(self) -> None:
         """Close the listening socket, then wait for the children (see `close_timeout`)."""
-        super().server_close()  # type: ignore[misc]
+        super().server_close()
         if self.block_on_close and self.close_timeout is not None:
             self._stop_children_after(self.close_timeout)
         self.collect_children(blocking=self.block_on_close)
@@ -214,11 +221,11 @@ class ForkingMixIn:
             watches = self._child_watches = {}
         watch = watches[pid] = _ChildWatch(fd, lambda: self._reap_one(pid), forked_at)
         if fd is not None:
-            self.add_wake_source(fd, watch.on_exit)  # type: ignore[attr-defined]
+            self.add_wake_source(fd, watch.on_exit)
 
     def _unwatch(self, watch: _ChildWatch) -> None:
         if watch.fd is not None:
-            self.remove_wake_source(watch.fd)  # type: ignore[attr-defined]
+            self.remove_wake_source(watch.fd)
             close_watch_fd(watch.fd)
             watch.fd = None
 
@@ -257,13 +264,11 @@ class ForkingMixIn:
         if status is not None:
             self.child_exit_counts[describe_wait_status(status)] += 1
             if watch is not None:
-                self.request_stats.observe(  # type: ignore[attr-defined]
-                    _request_outcome(status), monotonic() - watch.forked_at
-                )
+                self.request_stats.observe(_request_outcome(status), monotonic() - watch.forked_at)
         if watch is not None:
             self._unwatch(watch)
         if status is not None:
-            self._child_reaped(pid)  # type: ignore[attr-defined]
+            self._child_reaped(pid)
         if self.active_children is not None:
             self.active_children.discard(pid)
 
@@ -276,7 +281,7 @@ class ForkingMixIn:
         each loop iteration.
         """
         watches = self._child_watches or {}
-        if self.serving:  # type: ignore[attr-defined]
+        if self.serving:
             return [
                 pid
                 for pid in self.active_children or ()

@@ -28,9 +28,14 @@ traceback (see `BaseServer.handle_error`).
 
 from __future__ import annotations
 
+import logging
 import socket
+from collections.abc import Callable
 from time import monotonic
-from typing import Any
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # A read due at or after its deadline still takes data the kernel already holds:
 # CPython polls for at least this long (rounded up to 1 ms) before it gives up.
@@ -75,22 +80,22 @@ class ReadDeadlineSocket(socket.socket):
     def recv(self, *args: Any) -> bytes:
         """socket.recv(), bounded by the read deadline."""
         self._arm_read()
-        return self._timed(super().recv, *args)  # type: ignore[no-any-return]
+        return self._timed(super().recv, *args)
 
     def recv_into(self, *args: Any) -> int:
         """socket.recv_into() (what makefile() reads with), bounded by the read deadline."""
         self._arm_read()
-        return self._timed(super().recv_into, *args)  # type: ignore[no-any-return]
+        return self._timed(super().recv_into, *args)
 
     def recvfrom(self, *args: Any) -> tuple[bytes, Any]:
         """socket.recvfrom(), bounded by the read deadline."""
         self._arm_read()
-        return self._timed(super().recvfrom, *args)  # type: ignore[no-any-return]
+        return self._timed(super().recvfrom, *args)
 
     def recvfrom_into(self, *args: Any) -> tuple[int, Any]:
         """socket.recvfrom_into(), bounded by the read deadline."""
         self._arm_read()
-        return self._timed(super().recvfrom_into, *args)  # type: ignore[no-any-return]
+        return self._timed(super().recvfrom_into, *args)
 
     def recvmsg(self, *args: Any) -> Any:
         """socket.recvmsg(), bounded by the read deadline."""
@@ -106,7 +111,7 @@ class ReadDeadlineSocket(socket.socket):
 
     def send(self, *args: Any) -> int:
         """socket.send(), bounded by read_timeout; then the next read gets read_timeout."""
-        return self._timed_send(super().send, *args)  # type: ignore[no-any-return]
+        return self._timed_send(super().send, *args)
 
     def sendall(self, *args: Any) -> None:
         """socket.sendall(), bounded by read_timeout; then the next read gets read_timeout."""
@@ -114,11 +119,11 @@ class ReadDeadlineSocket(socket.socket):
 
     def sendto(self, *args: Any) -> int:
         """socket.sendto(), bounded by read_timeout; then the next read gets read_timeout."""
-        return self._timed_send(super().sendto, *args)  # type: ignore[no-any-return]
+        return self._timed_send(super().sendto, *args)
 
     def sendmsg(self, *args: Any) -> int:
         """socket.sendmsg(), bounded by read_timeout; then the next read gets read_timeout."""
-        return self._timed_send(super().sendmsg, *args)  # type: ignore[no-any-return]
+        return self._timed_send(super().sendmsg, *args)
 
     # --- internals ------------------------------------------------------------------
 
@@ -127,7 +132,7 @@ class ReadDeadlineSocket(socket.socket):
             remaining = self._deadline - monotonic()
             socket.socket.settimeout(self, max(remaining, _LAST_CHANCE))
 
-    def _timed(self, call: Any, *args: Any) -> Any:
+    def _timed(self, call: Callable[..., _T], *args: Any) -> _T:
         try:
             return call(*args)
         except TimeoutError:
@@ -135,7 +140,7 @@ class ReadDeadlineSocket(socket.socket):
                 self.read_timed_out = True
             raise
 
-    def _timed_send(self, call: Any, *args: Any) -> Any:
+    def _timed_send(self, call: Callable[..., _T], *args: Any) -> _T:
         if self._deadline is None:
             return call(*args)
         socket.socket.settimeout(self, self.read_timeout)
@@ -174,3 +179,16 @@ def read_timed_out(request: Any) -> bool:
     return bool(getattr(request, "read_timed_out", False)) and isinstance(
         request, ReadDeadlineSocket
     )
+
+
+def report_read_timeout(request: Any, client_address: Any) -> bool:
+    """If `request` was cut off by its read_timeout, log it in one WARNING line and return
+    True (handle_error() then prints no traceback)."""
+    if not read_timed_out(request):
+        return False
+    log.warning(
+        "connection from %s timed out (read_timeout=%g s); closed",
+        client_address,
+        request.read_timeout,
+    )
+    return True

@@ -17,12 +17,19 @@ from __future__ import annotations
 import logging
 import threading
 from time import monotonic
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    # The host class a mix-in is mixed into, for the type checker only: at run time the
+    # mix-in's base is object, so the MRO is CPython's.
+    from .socket_servers import TCPServer as _MixInHost
+else:
+    _MixInHost = object
 
 log = logging.getLogger(__name__)
 
 
-class _Threads(list):  # type: ignore[type-arg]
+class _Threads(list[threading.Thread]):
     """Joinable list of all non-daemon threads."""
 
     _prune_at = 8
@@ -39,7 +46,7 @@ class _Threads(list):  # type: ignore[type-arg]
         self[:], result = [], self[:]
         return result
 
-    def join(self, timeout: float | None = None) -> list[threading.Thread]:  # type: ignore[override]
+    def join(self, timeout: float | None = None) -> list[threading.Thread]:
         """Join every thread; with a timeout, return those still alive when it expires."""
         deadline = None if timeout is None else monotonic() + timeout
         still_running = []
@@ -66,7 +73,7 @@ class _NoThreads:
         return []
 
 
-class ThreadingMixIn:
+class ThreadingMixIn(_MixInHost):
     """Mix-in class to handle each request in a new thread."""
 
     # Decides how threads will act upon termination of the
@@ -86,19 +93,19 @@ class ThreadingMixIn:
         In addition, exception handling is done here.
 
         """
-        stats = self.request_stats  # type: ignore[attr-defined]
+        stats = self.request_stats
         stats.started()
         began = monotonic()
         outcome = "error"
         try:
-            self.finish_request(request, client_address)  # type: ignore[attr-defined]
+            self.finish_request(request, client_address)
             outcome = "ok"
         except Exception:
-            outcome = self._failure_outcome(request)  # type: ignore[attr-defined]
-            self.handle_error(request, client_address)  # type: ignore[attr-defined]
+            outcome = self._failure_outcome(request)
+            self.handle_error(request, client_address)
         finally:
             stats.finished(outcome, monotonic() - began)
-            self.shutdown_request(request)  # type: ignore[attr-defined]
+            self.shutdown_request(request)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start a new thread to process the request."""
@@ -111,7 +118,7 @@ class ThreadingMixIn:
 
     def server_close(self) -> None:
         """Close the listening socket, then join the request threads (see `close_timeout`)."""
-        super().server_close()  # type: ignore[misc]
+        super().server_close()
         still_running = self._threads.join(self.close_timeout)
         if still_running:
             log.warning(

@@ -53,7 +53,7 @@ def _peer_uid(connection: socket.socket) -> int | None:
         socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
     )
     _pid, uid, _gid = struct.unpack("3i", credentials)
-    return uid
+    return int(uid)
 
 
 def _allowed_users() -> str:
@@ -245,4 +245,5 @@ def send_command(path: str, command: str, timeout: float = 10.0) -> dict[str, An
             if not chunk:
                 break
             data += chunk
-    return json.loads(data)  # type: ignore[no-any-return]
+    reply: dict[str, Any] = json.loads(data)
+    return reply

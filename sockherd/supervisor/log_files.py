@@ -7,8 +7,9 @@ import logging
 
 def reopen_log_files() -> None:
     """Close and reopen the stream of every logging.FileHandler of the process."""
-    for ref in list(logging._handlerList):  # type: ignore[attr-defined]
-        handler = ref()
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    handlers = {h for lg in loggers if isinstance(lg, logging.Logger) for h in lg.handlers}
+    for handler in handlers:
         if isinstance(handler, logging.FileHandler) and handler.stream is not None:
             handler.acquire()
             try:

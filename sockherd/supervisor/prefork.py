@@ -69,11 +69,17 @@ from typing import TYPE_CHECKING, Any
 from ..metrics.snapshot import PoolSnapshot
 from ..server.read_deadline import check_read_timeout
 from ..server.socket_servers import TCPServer, UDPServer
+from .arbiter import Arbiter, supervising
 from .pool_settings import PoolSettings, default_max_workers, default_workers
 from .reaper import ChildReaper
+from .worker_pool import WorkerPool
 
 if TYPE_CHECKING:
-    from .worker_pool import WorkerPool
+    # The host class a mix-in is mixed into, for the type checker only: at run time the
+    # mix-in's base is object, so the MRO is CPython's.
+    from ..server.socket_servers import TCPServer as _MixInHost
+else:
+    _MixInHost = object
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +110,7 @@ SETTINGS = (
 HANDOFFS = ("accept", "dispatch")
 
 
-class PreforkMixIn:
+class PreforkMixIn(_MixInHost):
     """Mix-in class to handle requests in a supervised pool of pre-forked workers."""
 
     workers: int | None = None
@@ -147,27 +153,23 @@ class PreforkMixIn:
         A server that `sockherd serve` runs is already under its Arbiter; a program's
         own prefork server gets one here, with `control_socket` if set.
         """
-        from .arbiter import Arbiter, supervising
-
-        if supervising(self) is not None:  # type: ignore[arg-type]
-            super().serve_forever(poll_interval)  # type: ignore[misc]
+        if supervising(self) is not None:
+            super().serve_forever(poll_interval)
             return
         self._validate()
-        Arbiter([self], control_socket=self.control_socket).run(poll_interval)  # type: ignore[list-item]
+        Arbiter([self], control_socket=self.control_socket).run(poll_interval)
 
     def start_pool(self, reaper: ChildReaper, on_child_reaped: Callable[[int], None]) -> WorkerPool:
         """For the Arbiter: fork this server's workers; the pool is theirs to drive."""
-        from .worker_pool import WorkerPool
-
         self._validate()
-        self._pool = WorkerPool(self, self.pool_settings(), reaper, on_child_reaped)  # type: ignore[arg-type]
+        self._pool = WorkerPool(self, self.pool_settings(), reaper, on_child_reaped)
         self._pool.reconcile(0.0)
         return self._pool
 
     def pool_settings(self) -> PoolSettings:
         """The settings of this server's pool, resolved now."""
         workers = self.workers or default_workers()
-        datagram = self.socket.type == socket.SOCK_DGRAM  # type: ignore[attr-defined]
+        datagram = self.socket.type == socket.SOCK_DGRAM
         return PoolSettings(
             workers=workers,
             min_workers=max(1, self.min_workers or 1),
@@ -233,21 +235,23 @@ class PreforkMixIn:
                     type(request).__name__,
                 )
             self._wrapped_refused += 1
-            self.shutdown_request(request)  # type: ignore[attr-defined]
+            self.shutdown_request(request)
             return
-        dispatcher = pool.dispatcher if pool is not None else None
-        if dispatcher is None or not dispatcher.dispatch(request, client_address, pool.workers):  # type: ignore[union-attr]
+        dispatched = False
+        if pool is not None and pool.dispatcher is not None:
+            dispatched = pool.dispatcher.dispatch(request, client_address, pool.workers)
+        if not dispatched:
             log.warning("no worker could take the connection from %s; closing it", client_address)
-        self.close_request(request)  # type: ignore[attr-defined]
+        self.close_request(request)
 
     # --- internals ----------------------------------------------------------------------
 
     def _limit_reads(self, connection: Any) -> Any:
         """Dispatch mode accepts in the supervisor: the worker that receives the
         connection applies read_timeout there (a socket object does not travel)."""
-        if self.handoff == "dispatch" and self.socket.type == socket.SOCK_STREAM:  # type: ignore[attr-defined]
+        if self.handoff == "dispatch" and self.socket.type == socket.SOCK_STREAM:
             return connection
-        return super()._limit_reads(connection)  # type: ignore[misc]
+        return super()._limit_reads(connection)
 
     def _validate(self) -> None:
         if self.handoff not in HANDOFFS:
@@ -282,7 +286,7 @@ class PreforkMixIn:
         self._validate()
 
 
-def _init_with_settings(socket_server: type) -> Any:
+def _init_with_settings(socket_server: type[TCPServer]) -> Any:
     """The constructor of a Prefork*Server: the socket server's, plus keyword settings."""
 
     def __init__(

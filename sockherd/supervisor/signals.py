@@ -18,13 +18,15 @@ import collections
 import os
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from ..server.wakeup import WakeupPipe
 
 SUPERVISOR_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGUSR1")
 ORPHAN_SIGNALS = ("SIGCHLD",)  # only when the supervisor reaps orphans
-HandlerType = signal.Handlers | int | None | object
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers
 
 
 class SignalRelay:
@@ -34,7 +36,7 @@ class SignalRelay:
         self.pipe = WakeupPipe()
         self._pid = os.getpid()
         self._pending: collections.deque[str] = collections.deque()
-        self._previous: dict[int, HandlerType] = {}
+        self._previous: dict[int, _Handler | None] = {}
 
     def install(self, names: tuple[str, ...] = SUPERVISOR_SIGNALS) -> bool:
         """Install handlers for `names`; False (and nothing changed) outside the main thread."""
@@ -70,7 +72,7 @@ class SignalRelay:
     def restore(self) -> None:
         """Put back the handlers that were there before `install()`."""
         for signum, previous in self._previous.items():
-            signal.signal(signum, previous)  # type: ignore[arg-type]
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
 
     def close(self) -> None:

@@ -141,7 +141,7 @@ def _worker_main(
     _die_with_parent()
     server.close_loop_fds()
     for member in server.loop_members:
-        if member is not server:
+        if member.socket is not server.socket:
             member.socket.close()  # another server's listener: not this worker's business
     worker = Worker(server, index, scoreboard, channel, handoff, server.heartbeat_interval)
     raise SystemExit(worker.run())  # multiprocess flushes the streams and exits with it

@@ -49,7 +49,7 @@ def worker_process_class(context: Any) -> type:
                 _close_pipes_of_failed_launch(error.__traceback__, Popen._launch.__code__)
                 raise
 
-    class WorkerProcess(context.Process):  # type: ignore[misc, name-defined]
+    class WorkerProcess(context.Process):  # type: ignore[misc]
         @staticmethod
         def _Popen(process_obj: Any) -> Any:
             return _ClosingPopen(process_obj)
