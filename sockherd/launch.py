@@ -22,6 +22,7 @@ from typing import Any
 
 from .bind import Listener, parse_bind
 from .supervisor.listen_fds import adopt_socket
+from .supervisor.settings import TABLE
 
 log = logging.getLogger("sockherd")
 
@@ -35,16 +36,8 @@ _CLASS_NAMES = {
     (True, True): "UnixDatagramServer",
 }
 _MODE_PREFIXES = {"sync": "", "thread": "Threading", "fork": "Forking", "prefork": "Prefork"}
-PREFORK_ONLY = (
-    "workers",
-    "min_workers",
-    "max_workers",
-    "autoscale",
-    "handoff",
-    "max_requests",
-    "timeout",
-    "control",
-)
+PREFORK_ONLY = tuple(name for name, setting in TABLE.items() if setting.scope == "prefork")
+_BOUNDS = (("min_workers", "max_workers"), ("min_spare_workers", "max_spare_workers"))
 
 
 class LaunchError(Exception):
@@ -120,23 +113,22 @@ def build_servers(target: Target, listeners: list[Listener], mode: str, options:
 
 
 def prefork_settings(options: dict) -> dict[str, Any]:
-    """PreforkMixIn keyword arguments from the resolved command-line options."""
-    names = {
-        "workers": "workers",
-        "min_workers": "min_workers",
-        "max_workers": "max_workers",
-        "autoscale": "autoscale",
-        "handoff": "handoff",
-        "max_requests": "max_requests",
-        "timeout": "worker_timeout",
-        "graceful_timeout": "graceful_timeout",
-        "control": "control_socket",
+    """PreforkMixIn keyword arguments from the resolved command-line options.
+
+    Every prefork setting that is not None, under its class attribute's name (`control`
+    becomes `control_socket`).  LaunchError if a lower bound exceeds its upper bound.
+    """
+    settings = {
+        setting.attribute: options[name]
+        for name, setting in TABLE.items()
+        if setting.scope == "prefork" and setting.attribute and options.get(name) is not None
     }
-    settings = {keyword: options[name] for name, keyword in names.items()}
-    settings = {keyword: value for keyword, value in settings.items() if value is not None}
-    low, high = options.get("min_workers"), options.get("max_workers")
-    if low is not None and high is not None and low > high:
-        raise LaunchError(f"--min-workers {low} is more than --max-workers {high}")
+    for low_name, high_name in _BOUNDS:
+        low, high = options.get(low_name), options.get(high_name)
+        if low is not None and high is not None and low > high:
+            raise LaunchError(
+                f"{TABLE[low_name].flag} {low} is more than {TABLE[high_name].flag} {high}"
+            )
     return settings
 
 
