@@ -26,7 +26,7 @@ import sys
 from typing import Any
 
 from .bind import BindSpecError, parse_binds
-from .config import OPTIONS, ConfigError, environment, resolve
+from .config import ConfigError, environment, resolve
 from .launch import (
     PREFORK_ONLY,
     LaunchError,
@@ -42,6 +42,7 @@ from .server.socket_servers import BindError
 from .supervisor.arbiter import Arbiter
 from .supervisor.control import ControlError, send_command
 from .supervisor.listen_fds import ListenFdsError
+from .supervisor.settings import TABLE, flag_of
 
 log = logging.getLogger("sockherd")
 
@@ -56,38 +57,52 @@ USAGE_ERRORS = (
 )
 
 
+_GROUPS = {
+    "command": "how and where to serve",
+    "server": "every server, in every mode",
+    "prefork": "the prefork pool (--mode prefork)",
+}
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sockherd", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a socketserver request handler")
     serve.add_argument("target", help="MODULE:HANDLER (a request handler class) or MODULE:FACTORY")
-    # Defaults are None here: unset flags fall back to SOCKHERD_* variables, then
-    # --config, then the defaults in sockherd.config.
-    add = serve.add_argument
-    add("--bind", action="append", help="tcp://HOST:PORT, udp://…, unix:/path, fd://N, systemd")
-    add("--mode", help="sync | thread | fork | prefork (default fork)")
-    add("--udp", action="store_const", const=True, help="plain HOST:PORT and unix: as datagrams")
-    add("--workers", help="prefork: worker processes (default: one per CPU)")
-    add("--min-workers", help="prefork: never scale below this")
-    add("--max-workers", help="prefork: never scale above this")
-    add("--autoscale", action="store_const", const=True, help="prefork: scale on idle workers")
-    add("--handoff", help="prefork: accept (workers accept) | dispatch (supervisor passes fds)")
-    add("--max-requests", help="prefork: recycle a worker after N requests (0: never)")
-    add("--timeout", help="prefork: seconds a request may run before its worker is killed")
-    add("--read-timeout", help="seconds a connection may stay silent (slow-client defence)")
-    add("--graceful-timeout", help="prefork: seconds to finish requests on SIGTERM")
-    add("--control", help="path of a Unix control socket for sockherd ctl (mode 0600)")
-    add("--metrics", help="serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9100)")
-    add("--metrics-auth-file", help="a file holding USER:PASSWORD for the metrics endpoint")
-    add("--metrics-tls-cert", help="PEM certificate: serve the metrics over HTTPS")
-    add("--metrics-tls-key", help="PEM private key of --metrics-tls-cert")
-    add("--log-level", help="debug | info (default) | warning | error")
-    add("--config", help="a TOML file of settings (flags and SOCKHERD_* win)")
+    _add_setting_flags(serve)
+    serve.add_argument(
+        "--config", metavar="FILE", help="a TOML file of settings (flags and SOCKHERD_* win)"
+    )
     ctl = commands.add_parser("ctl", help="talk to a running prefork supervisor")
     ctl.add_argument("--control", required=True, help="the supervisor's control socket path")
     ctl.add_argument("--json", action="store_true", help="print the reply as JSON")
     ctl.add_argument("words", nargs="+", help="status | scale N|+N|-N | reload | stop")
     return parser
+
+
+def _add_setting_flags(serve: argparse.ArgumentParser) -> None:
+    """One flag per setting of the table, grouped by scope, and each old spelling, hidden.
+
+    Defaults are None here: an unset flag falls back to its SOCKHERD_* variable, then
+    --config, then the table's default (see `config.resolve`).  Values stay text until
+    `config` parses them, so a bad one is reported with its source like any other.
+    """
+    groups = {scope: serve.add_argument_group(title) for scope, title in _GROUPS.items()}
+    for option in TABLE.values():
+        group = groups[option.scope]
+        shown = f"{option.help} (default: {option.default_text()}; {option.env})"
+        shown = shown.replace("%", "%%")  # argparse formats help with %
+        if option.switch:
+            added = group.add_argument(
+                option.flag, dest=option.name, action="store_const", const=True
+            )
+        else:
+            action = "append" if option.repeatable else "store"
+            added = group.add_argument(option.flag, dest=option.name, action=action)
+            added.metavar = option.metavar
+        added.help = shown
+        for old in option.deprecated_names:  # config.resolve warns when one is used
+            group.add_argument(flag_of(old), dest=old, help=argparse.SUPPRESS)
 
 
 def serve(target_path: str, options: dict[str, Any]) -> int:
@@ -96,7 +111,7 @@ def serve(target_path: str, options: dict[str, Any]) -> int:
     mode = options["mode"]
     listeners = parse_binds(options["bind"], options["udp"]) if target.handler else []
     if mode != "prefork" and target.factory is None:
-        ignored = [OPTIONS[name].flag for name in PREFORK_ONLY if _given(name, options)]
+        ignored = [TABLE[name].flag for name in PREFORK_ONLY if _given(name, options)]
         if ignored:
             log.warning("%s only apply to --mode prefork; ignored", ", ".join(ignored))
     servers = build_servers(target, listeners, mode, options)
@@ -110,7 +125,9 @@ def serve(target_path: str, options: dict[str, Any]) -> int:
                 target_path,
             )
         apply_common_settings(servers, options)
-        graceful = options["graceful_timeout"] if mode != "prefork" else None
+        # A factory's prefork server keeps its own graceful_timeout unless one is given.
+        own = target.factory is not None and not _given("graceful_timeout", options)
+        graceful = None if own else options["graceful_timeout"]
         arbiter = Arbiter(
             servers,
             control_socket=options.get("control"),
@@ -140,7 +157,7 @@ def serve(target_path: str, options: dict[str, Any]) -> int:
 
 def _given(name: str, options: dict[str, Any]) -> bool:
     value = options.get(name)
-    return value not in (None, False, 0) and value != OPTIONS[name].default
+    return value not in (None, False, 0) and value != TABLE[name].default
 
 
 def control_client(path: str, command: str, as_json: bool) -> int:
@@ -225,9 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         return control_client(args.control, " ".join(args.words), args.json)
     configure_logging(args.log_level if _valid_level(args.log_level) else "info")
     try:
-        flags = {name: getattr(args, name) for name in OPTIONS}
+        names = [n for option in TABLE.values() for n in (option.name, *option.deprecated_names)]
+        flags = {name: getattr(args, name) for name in names}
         options = resolve(flags, environment(), args.config)
-        configure_logging(options["log_level"])
+        configure_logging(str(options["log_level"]))
         return serve(args.target, options)
     except USAGE_ERRORS as error:
         log.error("%s", error)
@@ -238,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _valid_level(level: str | None) -> bool:
-    return level is not None and level.lower() in OPTIONS["log_level"].choices  # type: ignore[operator]
+    return level is not None and level.lower() in (TABLE["log_level"].choices or ())
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import Any
 
 from .bind import Listener, parse_bind
 from .supervisor.listen_fds import adopt_socket
+from .supervisor.settings import TABLE
 
 log = logging.getLogger("sockherd")
 
@@ -34,15 +35,10 @@ _CLASS_NAMES = {
     (True, True): "UnixDatagramServer",
 }
 _MODE_PREFIXES = {"sync": "", "thread": "Threading", "fork": "Forking", "prefork": "Prefork"}
-PREFORK_ONLY = (
-    "workers",
-    "min_workers",
-    "max_workers",
-    "autoscale",
-    "handoff",
-    "max_requests",
-    "timeout",
-)
+PREFORK_ONLY = tuple(name for name, setting in TABLE.items() if setting.scope == "prefork")
+# Settings of the Arbiter in every mode that a prefork server also carries as attributes.
+SUPERVISOR_SETTINGS = ("graceful_timeout",)
+_BOUNDS = (("min_workers", "max_workers"), ("min_spare_workers", "max_spare_workers"))
 
 
 class LaunchError(Exception):
@@ -119,23 +115,26 @@ def build_servers(
     return servers
 
 
-def prefork_settings(options: dict[str, Any]) -> dict[str, Any]:
-    """PreforkMixIn keyword arguments from the resolved command-line options."""
-    names = {
-        "workers": "workers",
-        "min_workers": "min_workers",
-        "max_workers": "max_workers",
-        "autoscale": "autoscale",
-        "handoff": "handoff",
-        "max_requests": "max_requests",
-        "timeout": "worker_timeout",
-        "graceful_timeout": "graceful_timeout",
+def prefork_settings(options: dict) -> dict[str, Any]:
+    """PreforkMixIn keyword arguments from the resolved command-line options.
+
+    Every prefork setting that is not None, under its class attribute's name
+    (`worker_timeout`), and graceful_timeout.  LaunchError if a lower bound exceeds its
+    upper bound.  The control socket is the Arbiter's, in every mode.
+    """
+    settings = {
+        setting.attribute: options[name]
+        for name, setting in TABLE.items()
+        if (setting.scope == "prefork" or name in SUPERVISOR_SETTINGS)
+        and setting.attribute
+        and options.get(name) is not None
     }
-    settings = {keyword: options[name] for name, keyword in names.items()}
-    settings = {keyword: value for keyword, value in settings.items() if value is not None}
-    low, high = options.get("min_workers"), options.get("max_workers")
-    if low is not None and high is not None and low > high:
-        raise LaunchError(f"--min-workers {low} is more than --max-workers {high}")
+    for low_name, high_name in _BOUNDS:
+        low, high = options.get(low_name), options.get(high_name)
+        if low is not None and high is not None and low > high:
+            raise LaunchError(
+                f"{TABLE[low_name].flag} {low} is more than {TABLE[high_name].flag} {high}"
+            )
     return settings
 
 

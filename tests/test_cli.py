@@ -106,8 +106,15 @@ def test_serve_udp():
         ([ECHO, "--bind", "fd://x"], "needs a descriptor number"),
         ([ECHO, "--mode", "async"], "mode from --mode: 'async' is not one of"),
         ([ECHO, "--workers", "0"], "workers from --workers: '0' is not valid"),
-        ([ECHO, "--timeout", "soon"], "timeout from --timeout: 'soon' is not valid"),
+        ([ECHO, "--worker-timeout", "soon"], "worker_timeout from --worker-timeout: 'soon' is not"),
         ([ECHO, "--log-level", "loud"], "log_level from --log-level: 'loud' is not one of"),
+        ([ECHO, "--kill-grace", "0"], "kill_grace from --kill-grace: '0' is not valid"),
+        ([ECHO, "--max-worker-memory", "lots"], "max_worker_memory from --max-worker-memory"),
+        ([ECHO, "--reap-orphans", "maybe"], "'maybe' is not valid (must be auto, true or false)"),
+        (
+            [ECHO, "--mode", "prefork", "--min-spare-workers", "5"],
+            "--min-spare-workers 5 is more than --max-spare-workers 4",
+        ),
         (
             [ECHO, "--mode", "prefork", "--min-workers", "4", "--max-workers", "2"],
             "--min-workers 4 is more than --max-workers 2",
