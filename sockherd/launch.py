@@ -115,7 +115,7 @@ def build_servers(
     return servers
 
 
-def prefork_settings(options: dict) -> dict[str, Any]:
+def prefork_settings(options: dict[str, Any]) -> dict[str, Any]:
     """PreforkMixIn keyword arguments from the resolved command-line options.
 
     Every prefork setting that is not None, under its class attribute's name

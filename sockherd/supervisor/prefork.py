@@ -72,6 +72,7 @@ from ..server.socket_servers import TCPServer, UDPServer
 from .arbiter import Arbiter, supervising
 from .pool_settings import PoolSettings, default_max_workers, default_workers
 from .reaper import ChildReaper
+from .settings import ATTRIBUTES, PREFORK_ATTRIBUTES, validate_setting
 from .worker_pool import WorkerPool
 
 if TYPE_CHECKING:
@@ -83,31 +84,9 @@ else:
 
 log = logging.getLogger(__name__)
 
-SETTINGS = (
-    "workers",
-    "handoff",
-    "max_requests",
-    "max_requests_jitter",
-    "max_worker_memory",
-    "worker_timeout",
-    "kill_grace",
-    "graceful_timeout",
-    "min_workers",
-    "max_workers",
-    "heartbeat_interval",
-    "reap_orphans",
-    "control_socket",
-    "autoscale",
-    "min_spare_workers",
-    "max_spare_workers",
-    "autoscale_interval",
-    "autoscale_cooldown",
-    "read_timeout",
-    "metrics_basic_auth",
-    "metrics_tls_certfile",
-    "metrics_tls_keyfile",
-)
-HANDOFFS = ("accept", "dispatch")
+# The keyword settings of a Prefork*Server: every attribute of the settings table, plus
+# the metrics credentials (which the command reads from a file).
+SETTINGS = (*ATTRIBUTES, "metrics_basic_auth")
 
 
 class PreforkMixIn(_MixInHost):
@@ -254,12 +233,9 @@ class PreforkMixIn(_MixInHost):
         return super()._limit_reads(connection)
 
     def _validate(self) -> None:
-        if self.handoff not in HANDOFFS:
-            raise ValueError(f"handoff must be one of {HANDOFFS}, not {self.handoff!r}")
-        if self.workers is not None and self.workers < 1:
-            raise ValueError(f"workers must be at least 1, not {self.workers}")
-        if self.heartbeat_interval <= 0:
-            raise ValueError("heartbeat_interval must be positive")
+        """Check every setting by the settings table's rules (the command's own)."""
+        for name in PREFORK_ATTRIBUTES:
+            validate_setting(name, getattr(self, name))
         check_read_timeout(getattr(self, "read_timeout", None))
         self._validate_metrics_security()
 

@@ -9,17 +9,14 @@ the TOML key `worker_timeout`, and the class attribute it sets (`attribute`:
 only the command uses, such as --bind).  `scope` says where it acts:
 
 * "command": the command itself (addresses, mode, logging);
-* "server": every server, whatever the mode (read timeout, metrics);
+* "server": every mode (read timeout, metrics, control socket, graceful stop);
 * "prefork": the prefork pool only; in other modes the command ignores it, with a warning.
 
-Everything else derives from `TABLE`: the command's flags and help (`cli`), the
-variable and TOML readers (`config`), the Prefork*Server keyword arguments
-(`launch.prefork_settings`), the README's tables (`settings_docs`, checked by
-tests/test_settings_table.py) and, through `validate_setting()`, the checks on a
-value given in Python.  An old spelling stays accepted through `deprecated_names`;
-the readers log a warning naming the new one.
-
-This module is a leaf: it imports nothing from sockherd, so every layer may import it.
+Everything else derives from `TABLE`: the flags and help (`cli`), the variable and
+TOML readers (`config`), the Prefork*Server keywords (`launch.prefork_settings`), the
+README's tables (`settings_docs`, checked by tests/test_settings_table.py) and, through
+`validate_setting()`, checks on values given in Python.  Old spellings stay accepted
+(`deprecated_names`) with a warning.  A leaf module: it imports nothing from sockherd.
 """
 
 from __future__ import annotations
@@ -331,11 +328,8 @@ TABLE: dict[str, Setting] = {setting.name: setting for setting in (
         nullable=True, deprecated_names=("timeout",),
     ),
     _prefork("kill_grace", SECONDS, 2.0, "seconds from a timed-out worker's SIGABRT to SIGKILL"),
-    Setting(
-        "graceful_timeout", SECONDS, 30.0,
-        "seconds a stopping server lets requests in progress finish (every mode)",
-        scope="server", attribute="graceful_timeout",
-    ),
+    Setting("graceful_timeout", SECONDS, 30.0, "seconds a stopping server lets requests in "
+            "progress finish", scope="server", attribute="graceful_timeout"),
     _prefork("min_workers", COUNT, 1, "never scale below this"),
     _prefork("max_workers", COUNT, None, "never scale above this", shown_default="4 × CPUs"),
     _prefork(
@@ -368,8 +362,13 @@ TABLE: dict[str, Setting] = {setting.name: setting for setting in (
 ATTRIBUTES: dict[str, Setting] = {s.attribute: s for s in TABLE.values() if s.attribute}
 """The settings that set a class attribute, by attribute name."""
 
+# The Arbiter's settings (every mode) that PreforkMixIn carries too, for a program's own server.
+PREFORK_ALSO = ("graceful_timeout", "control_socket")
+
 PREFORK_ATTRIBUTES: tuple[str, ...] = tuple(
-    attribute for attribute, s in ATTRIBUTES.items() if s.scope == "prefork"
+    attribute
+    for attribute, s in ATTRIBUTES.items()
+    if s.scope == "prefork" or attribute in PREFORK_ALSO
 )
 """The PreforkMixIn attributes the table declares (also its keyword arguments)."""
 
