@@ -136,7 +136,11 @@ class PreforkMixIn(_MixInHost):
             super().serve_forever(poll_interval)
             return
         self._validate()
-        Arbiter([self], control_socket=self.control_socket).run(poll_interval)
+        arbiter = Arbiter([self], control_socket=self.control_socket)
+        try:
+            arbiter.run(poll_interval)
+        finally:
+            arbiter.close()
 
     def start_pool(self, reaper: ChildReaper, on_child_reaped: Callable[[int], None]) -> WorkerPool:
         """For the Arbiter: fork this server's workers; the pool is theirs to drive."""
