@@ -86,7 +86,11 @@ log = logging.getLogger(__name__)
 
 # The keyword settings of a Prefork*Server: every attribute of the settings table, plus
 # the metrics credentials (which the command reads from a file).
-SETTINGS = (*ATTRIBUTES, "metrics_basic_auth")
+SETTINGS = (
+    *PREFORK_ATTRIBUTES,
+    *(name for name in ATTRIBUTES if name not in PREFORK_ATTRIBUTES),
+    "metrics_basic_auth",
+)
 
 
 class PreforkMixIn(_MixInHost):
