@@ -33,6 +33,7 @@ import selectors
 import socket as _socket
 import sys
 import threading
+from collections.abc import Callable
 from time import monotonic as time
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,7 @@ from . import extension_points
 from .loop_hooks import LoopHooks, loop_extensions
 from .loop_state import LoopState
 from .loop_wait import LoopWait
-from .read_deadline import read_timed_out, report_read_timeout
+from .read_deadline import outcome_of_failure, report_read_timeout
 from .request_stats import RequestStats
 
 # poll/select rather than epoll/kqueue: no extra fd and a single syscall per wait,
@@ -99,10 +100,9 @@ class BaseServer:
 
     timeout: float | None = None
 
-    if TYPE_CHECKING:  # what the socket servers below add, as CPython's BaseServer assumes
+    if TYPE_CHECKING:  # what the socket servers add, as CPython's BaseServer assumes
         socket: _socket.socket
-
-        def get_request(self) -> tuple[Any, Any]: ...
+        get_request: Callable[[], tuple[Any, Any]]
 
     @property
     def _loop(self) -> LoopState:
@@ -221,8 +221,7 @@ class BaseServer:
 
         Respects self.timeout.
 
-        sockherd: while it waits, finished children of a ForkingMixIn server
-        are reaped as they exit, which CPython never does here.
+        sockherd: while it waits, a ForkingMixIn's finished children are reaped.
         """
         # Support people who used socket.settimeout() to escape
         # handle_request before self.timeout was available.
@@ -303,7 +302,7 @@ class BaseServer:
         try:
             self.finish_request(request, client_address)
         except BaseException:
-            stats.finished(self._failure_outcome(request), time() - began)
+            stats.finished(outcome_of_failure(request), time() - began)
             raise
         stats.finished("ok", time() - began)
         self.shutdown_request(request)
@@ -390,11 +389,6 @@ class BaseServer:
     def _stop_now(self, hooks: tuple[LoopHooks, ...]) -> bool:
         """A stop was asked for and no loop hook holds the loop open (see `loop_hooks`)."""
         return self.__shutdown_request and all(hook.stop_requested(self) for hook in hooks)
-
-    def _failure_outcome(self, request: Any) -> str:
-        """The outcome of a request whose handler raised: "timeout" if read_timeout cut
-        its connection off, else "error"."""
-        return "timeout" if read_timed_out(request) else "error"
 
     def _child_reaped(self, pid: int) -> None:
         """Every reaped request child passes here, for the loop hooks to know."""

@@ -192,3 +192,9 @@ def report_read_timeout(request: Any, client_address: Any) -> bool:
         request.read_timeout,
     )
     return True
+
+
+def outcome_of_failure(request: Any) -> str:
+    """The outcome of a request whose handler raised: "timeout" if read_timeout cut its
+    connection off, else "error"."""
+    return "timeout" if read_timed_out(request) else "error"

@@ -19,6 +19,8 @@ import threading
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from .read_deadline import outcome_of_failure
+
 if TYPE_CHECKING:
     # The host class a mix-in is mixed into, for the type checker only: at run time the
     # mix-in's base is object, so the MRO is CPython's.
@@ -101,7 +103,7 @@ class ThreadingMixIn(_MixInHost):
             self.finish_request(request, client_address)
             outcome = "ok"
         except Exception:
-            outcome = self._failure_outcome(request)
+            outcome = outcome_of_failure(request)
             self.handle_error(request, client_address)
         finally:
             stats.finished(outcome, monotonic() - began)

@@ -212,6 +212,8 @@ class Arbiter(LoopHooks):
             self.metrics.in_forked_child(server)
         if self.reaper is not None:
             self.reaper.close_in_child()
+        if isinstance(server, PoolServer):  # a worker; a request child keeps the handlers
+            self.signals.close_in_child()
         for pool in self.pools.values():
             for handle in pool.workers.values():
                 handle.channel.close()

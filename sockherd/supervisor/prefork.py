@@ -86,7 +86,11 @@ log = logging.getLogger(__name__)
 
 # The keyword settings of a Prefork*Server: every attribute of the settings table, plus
 # the metrics credentials (which the command reads from a file).
-SETTINGS = (*ATTRIBUTES, "metrics_basic_auth")
+SETTINGS = (
+    *PREFORK_ATTRIBUTES,
+    *(name for name in ATTRIBUTES if name not in PREFORK_ATTRIBUTES),
+    "metrics_basic_auth",
+)
 
 
 class PreforkMixIn(_MixInHost):
@@ -136,7 +140,11 @@ class PreforkMixIn(_MixInHost):
             super().serve_forever(poll_interval)
             return
         self._validate()
-        Arbiter([self], control_socket=self.control_socket).run(poll_interval)
+        arbiter = Arbiter([self], control_socket=self.control_socket)
+        try:
+            arbiter.run(poll_interval)
+        finally:
+            arbiter.close()
 
     def start_pool(self, reaper: ChildReaper, on_child_reaped: Callable[[int], None]) -> WorkerPool:
         """For the Arbiter: fork this server's workers; the pool is theirs to drive."""

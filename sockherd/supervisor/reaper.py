@@ -69,6 +69,8 @@ class ChildReaper:
 
     def exit_fd_ready(self, pid: int) -> None:
         """The child's exit fd is readable: reap it if it has really exited."""
+        if pid not in self.children:
+            return  # reap_any() took it in the same pass
         for delay in REAP_RETRY_DELAYS:
             if self._try_reap(pid):
                 return

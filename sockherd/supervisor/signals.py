@@ -79,3 +79,7 @@ class SignalRelay:
         """Restore the handlers and close the pipe."""
         self.restore()
         self.pipe.close()
+
+    def close_in_child(self) -> None:
+        """In a forked worker: close the pipe; the worker installs handlers of its own."""
+        self.pipe.close()
