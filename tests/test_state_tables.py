@@ -12,6 +12,7 @@ from sockherd.supervisor.supervisor_state import (
     SupervisorState,
 )
 from sockherd.supervisor.worker_exits import ExitFacts, RestartReason, classify_exit
+from sockherd.workers.lifecycle import IllegalTransition as IllegalWorkerTransition
 from sockherd.workers.lifecycle import WorkerState
 
 
@@ -68,3 +69,22 @@ def facts(**changes: object) -> ExitFacts:
 )
 def test_an_exit_is_classified_by_the_first_matching_row(changes, reason):
     assert classify_exit(facts(**changes)) is reason
+
+
+def test_a_reaped_workers_slot_stays_dead_with_its_pid_until_it_is_claimed_again():
+    from sockherd.workers.scoreboard import Scoreboard
+
+    board = Scoreboard(2)
+    try:
+        index = board.claim(generation=0)
+        assert index == 0 and board.state(0) is WorkerState.STARTING
+        board.slots[0].pid = 4242
+        board.set_state(0, WorkerState.IDLE)
+        board.release(0)
+        assert board.state(0) is WorkerState.DEAD and board.slots[0].pid == 4242
+        with pytest.raises(IllegalWorkerTransition):
+            board.set_state(0, WorkerState.BUSY)  # the dead do not serve
+        assert board.claim(generation=1) == 0  # reused: DEAD -> FREE -> STARTING
+        assert board.state(0) is WorkerState.STARTING and board.slots[0].generation == 1
+    finally:
+        board.close()

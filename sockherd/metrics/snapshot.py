@@ -66,6 +66,7 @@ class PoolSnapshot:
     restarts: Mapping[str, int]  # by reason: crashed, timeout, recycled, stopped, boot_failure
     exits: Mapping[str, int]  # by "exit N" / "signal NAME"
     fork_failures: Mapping[str, int]  # by errno name
+    dead_slots: tuple[tuple[int, int], ...] = ()  # (slot, last pid) of reaped workers' slots
 
     @property
     def busy(self) -> int:

@@ -148,7 +148,9 @@ class BaseServer:
             for hook in hooks:
                 hook.loop_started(self)
             with _ServerSelector() as selector:
-                waiter = loop.waiter = LoopWait(self, selector, wakeup)
+                waiter = loop.waiter = LoopWait(
+                    self, loop.wake_sources, loop.guests, selector, wakeup
+                )
                 while not self._stop_now(hooks):
                     ready = waiter.wait(poll_interval)
                     # bpo-35017: shutdown() called during select(), exit immediately.
@@ -236,7 +238,8 @@ class BaseServer:
         # Wait until a request arrives or the timeout expires - the loop is
         # necessary to accommodate early wakeups due to EINTR or wake sources.
         with _ServerSelector() as selector:
-            waiter = self._loop.waiter = LoopWait(self, selector, None)
+            loop = self._loop
+            waiter = loop.waiter = LoopWait(self, loop.wake_sources, (), selector, None)
             try:
                 while True:
                     if waiter.wait(timeout):

@@ -18,7 +18,7 @@ does not rebuild its selector on every iteration.
 from __future__ import annotations
 
 import selectors
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .wakeup import WakeupPipe
@@ -30,14 +30,20 @@ class LoopWait:
     """Sleep until the listening socket is readable, running wake-source callbacks meanwhile."""
 
     def __init__(
-        self, server: Any, selector: selectors.BaseSelector, wakeup: WakeupPipe | None
+        self,
+        server: Any,
+        sources: Mapping[int, tuple[Callable[[], None], int]],
+        guests: Sequence[Any],
+        selector: selectors.BaseSelector,
+        wakeup: WakeupPipe | None,
     ) -> None:
         self._server = server
+        self._guests = guests
         self._selector = selector
         self._listening: set[Any] = set()  # the servers whose sockets are watched now
         if wakeup is not None:
             selector.register(wakeup.read_fd, selectors.EVENT_READ, wakeup.drain)
-        for fd, (callback, events) in server._loop.wake_sources.items():
+        for fd, (callback, events) in sources.items():
             selector.register(fd, events, callback)
 
     def add(
@@ -66,7 +72,7 @@ class LoopWait:
         """
         server = self._server
         timeout = self._watch(server, _LISTENER, timeout)
-        for guest in server._loop.guests:
+        for guest in self._guests:
             timeout = self._watch(guest, guest._handle_request_noblock, timeout)
         listener_ready = False
         for key, _events in self._selector.select(timeout):

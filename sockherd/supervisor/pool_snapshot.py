@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..metrics.snapshot import PoolSnapshot, SlotFigures, WorkerSnapshot
+from ..workers.lifecycle import WorkerState
 from .worker_exits import RestartReason
 
 if TYPE_CHECKING:
@@ -60,4 +61,9 @@ def pool_snapshot(pool: WorkerPool) -> PoolSnapshot:
         restarts={reason.value: pool.restarts[reason.value] for reason in RestartReason},
         exits=dict(pool.exit_counts),
         fork_failures=dict(pool.spawner.fork_failures.by_errno),
+        dead_slots=tuple(
+            (index, int(scoreboard.slots[index].pid))
+            for index in range(scoreboard.size)
+            if scoreboard.state(index) == WorkerState.DEAD
+        ),
     )

@@ -7,13 +7,16 @@ it (STARTING).  The worker runs the server's `worker_setup()` hook and reports
 IDLE; from then on it flips between IDLE and BUSY once per request.  Told to stop
 (SIGTERM, or recycling after `max_requests`), it finishes the request in hand and
 goes STOPPING.  Whatever the way out (clean exit, crash, timeout kill), the
-supervisor's reaper marks the slot DEAD, folds its counters into the slot's
-supervisor-side totals, and frees it.
+supervisor's reaper marks the slot DEAD and folds its counters into the slot's
+supervisor-side totals; why it ended is the supervisor's restart reasons table
+(`supervisor/worker_exits.py`).
 
-Rule: every state change goes through `advance()`, so an impossible move (a
-DEAD worker turning BUSY) raises `IllegalTransition` naming both states instead
-of corrupting the scoreboard.  A worker writes only IDLE, BUSY and STOPPING; the
-supervisor writes STARTING (before the fork) and DEAD and FREE (after waitpid).
+Rule: every state change goes through `Scoreboard.set_state()`, which checks it
+against `TRANSITIONS`, so an impossible move (a DEAD worker turning BUSY) raises
+`IllegalTransition` naming both states instead of corrupting the scoreboard.  A
+worker writes only IDLE, BUSY and STOPPING; the supervisor writes STARTING (before
+the fork), DEAD (after waitpid; the slot stays DEAD, observable, until it is
+reused) and FREE (as it claims the slot again).
 """
 
 from __future__ import annotations
@@ -50,10 +53,3 @@ class IllegalTransition(RuntimeError):
     def __init__(self, old: WorkerState, new: WorkerState) -> None:
         super().__init__(f"worker state cannot go from {old.name} to {new.name}")
         self.old, self.new = old, new
-
-
-def advance(old: WorkerState, new: WorkerState) -> WorkerState:
-    """Return `new` if the table allows old -> new (or old == new), else raise."""
-    if new != old and new not in TRANSITIONS[old]:
-        raise IllegalTransition(old, new)
-    return new

@@ -117,8 +117,9 @@ class Scoreboard:
         return bool(slot.begun > slot.requests + slot.timeouts)
 
     def claim(self, generation: int) -> int | None:
-        """Take a FREE (or DEAD: its last worker reaped) slot for a worker about to be
-        forked; None if all are taken."""
+        """Take the first FREE or DEAD slot (its last worker reaped) for a worker about to
+        be forked; None if all are taken.  A replacement takes its predecessor's slot, so
+        the `worker` label of the metrics names a position in the pool, not a process."""
         for index in range(self.size):
             if self.slots[index].state in (WorkerState.FREE, WorkerState.DEAD):
                 slot = self.slots[index]
