@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .bind import Listener, parse_bind
+from .server.base_server import BaseServer
+from .server.socket_servers import TCPServer
 from .supervisor.listen_fds import adopt_socket
+from .supervisor.prefork import PreforkMixIn
 from .supervisor.settings import TABLE
 
 log = logging.getLogger("sockherd")
@@ -185,13 +188,13 @@ def read_credentials(path: str) -> tuple[str, str]:
     return user, password
 
 
-def _address_label(server: Any) -> str:
+def _address_label(server: BaseServer) -> str:
     from .metrics.snapshot import server_label
 
     return server_label(server)
 
 
-def server_url(server: Any) -> str:
+def server_url(server: TCPServer) -> str:
     """A bound server's address as a URL: tcp://127.0.0.1:8000, unix:/run/app.sock, …"""
     address = server.server_address
     if isinstance(address, bytes):
@@ -200,16 +203,16 @@ def server_url(server: Any) -> str:
     return Listener(server.address_family, address, datagram).url
 
 
-def describe(server: Any, mode: str) -> str:
+def describe(server: TCPServer, mode: str) -> str:
     """How the "listening on" line names a server: its URL and how it serves."""
     url = server_url(server)
-    if mode == "prefork":
+    if isinstance(server, PreforkMixIn):
         count = server.pool_settings().workers
         return f"{url} (prefork, {count} worker{'' if count == 1 else 's'})"
     return f"{url} ({mode})"
 
 
-def mode_of(server: Any) -> str:
+def mode_of(server: BaseServer) -> str:
     """The mode a factory's server runs in, from its class."""
     from .metrics.snapshot import server_mode
 

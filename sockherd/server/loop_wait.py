@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import selectors
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .wakeup import WakeupPipe
+
+if TYPE_CHECKING:
+    from .base_server import BaseServer
 
 _LISTENER = object()  # selector key data that marks the server's own socket
 
@@ -31,7 +34,7 @@ class LoopWait:
 
     def __init__(
         self,
-        server: Any,
+        server: BaseServer,
         sources: Mapping[int, tuple[Callable[[], None], int]],
         guests: Sequence[Any],
         selector: selectors.BaseSelector,

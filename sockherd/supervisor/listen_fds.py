@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import MutableMapping
-from typing import Any
+
+from ..server.socket_servers import TCPServer
 
 SD_LISTEN_FDS_START = 3
 
@@ -52,7 +53,7 @@ def inherited_socket(fd: int) -> socket.socket:
     return sock
 
 
-def adopt_socket(server: Any, sock: socket.socket) -> None:
+def adopt_socket(server: TCPServer, sock: socket.socket) -> None:
     """Make `server` (built with bind_and_activate=False) serve on the inherited `sock`."""
     if (sock.family, sock.type) != (server.address_family, server.socket_type):
         raise ListenFdsError(
