@@ -12,6 +12,7 @@ HOARD: list[bytearray] = []
 
 class Commands(sockherd.StreamRequestHandler):
     """Reads one line: `echo X` answers "PID X"; `sleep S X` does so after S seconds;
+    `hold X` does so once the client sends one more line;
     `hang` never answers; `raise` fails the handler; `hoard MB` keeps MB mebibytes;
     `orphan S` abandons a grandchild that lives S seconds and answers its pid."""
 
@@ -21,6 +22,8 @@ class Commands(sockherd.StreamRequestHandler):
         if command == "sleep":
             seconds, _, argument = argument.partition(" ")
             time.sleep(float(seconds))
+        elif command == "hold":
+            self.rfile.readline()  # the test decides when the request ends
         elif command == "hang":
             while True:
                 time.sleep(3600)
