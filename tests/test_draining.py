@@ -69,6 +69,7 @@ def test_metrics_and_ctl_status_answer_during_a_graceful_drain(tmp_path, mode):
 
             status, body, seconds = timed_scrape(metrics)
             assert status == 200 and seconds < 0.1, seconds
+            print(f"\n{' '.join(mode)}: /metrics answered in {seconds * 1000:.1f} ms, draining")
             states = state_series(body)
             assert states["draining"] == 1.0 and sum(states.values()) == 1.0
 
