@@ -6,6 +6,8 @@ loop, and a slow or malicious scraper costs one fd until `CLIENT_DEADLINE`.
 At most `MAX_CLIENTS` scrapes are served at once; further connections are
 closed at once.  Requests: `GET /metrics` (text format 0.0.4, see
 `exposition`), `GET /` (a pointer to /metrics); anything else gets 404 or 405.
+The listening, accepting with back-off, deadlines and closing are
+`server.nonblocking_listener`'s; this module is the HTTP on top.
 
 Defences (settings in `endpoint_security`):
 
@@ -31,16 +33,15 @@ line (the tests check this).
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import logging
 import re
 import socket
-import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..server.accept_backoff import AcceptBackoff
+from ..server.nonblocking_listener import AddSource, Client, NonBlockingListener, RemoveSource
 from .endpoint_security import REALM, BasicAuth
 from .exposition import CONTENT_TYPE, render
 
@@ -69,16 +70,17 @@ _REASONS = {
 SNIFF, HANDSHAKE, REQUEST, RESPONSE = "sniff", "handshake", "request", "response"
 
 
-class _Client:
-    __slots__ = ("connection", "received", "outgoing", "deadline", "phase", "writable")
+class _Client(Client):
+    """One scrape: its phase, what it sent so far and what it is still owed."""
+
+    __slots__ = ("received", "outgoing", "phase", "tls")
 
     def __init__(self, connection: socket.socket, phase: str) -> None:
-        self.connection = connection
+        super().__init__(connection)
         self.received = b""
         self.outgoing: memoryview | None = None
-        self.deadline = time.monotonic() + CLIENT_DEADLINE
         self.phase = phase
-        self.writable = False
+        self.tls: ssl.SSLSocket | None = None  # `connection` once the handshake starts
 
 
 class MetricsEndpoint:
@@ -92,16 +94,13 @@ class MetricsEndpoint:
         self,
         address: tuple[str, int],
         collectors: list[Any],
-        add_source: Callable[..., None],
-        remove_source: Callable[[int], None],
+        add_source: AddSource,
+        remove_source: RemoveSource,
         *,
         tls: ssl.SSLContext | None = None,
         basic_auth: BasicAuth | None = None,
     ) -> None:
         self.collectors = collectors
-        self._add_source = add_source
-        self._remove_source = remove_source
-        self._clients: dict[int, _Client] = {}
         self._tls = tls
         self._auth = basic_auth
         self._ssl_want_read: tuple[type[BaseException], ...] = ()
@@ -112,8 +111,6 @@ class MetricsEndpoint:
             self._ssl_want_read = (ssl.SSLWantReadError,)
             self._ssl_want_write = (ssl.SSLWantWriteError,)
         self.scrapes = 0
-        self.accept_backoff = AcceptBackoff()
-        self._paused = False
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         listener = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -125,8 +122,6 @@ class MetricsEndpoint:
             from ..server.socket_servers import bind_error
 
             raise bind_error(error, family, address) from error
-        listener.setblocking(False)
-        self.listener = listener
         self.address = listener.getsockname()[:2]
         self._where = f"the metrics endpoint {self.address[0]}:{self.address[1]}"
         if basic_auth is not None and tls is None and not _is_loopback(self.address[0]):
@@ -135,58 +130,52 @@ class MetricsEndpoint:
                 "text; set metrics_tls_certfile/metrics_tls_keyfile",
                 self._where,
             )
-        add_source(listener.fileno(), self._accept)
+        self._server = NonBlockingListener(
+            listener,
+            self._where,
+            add_source,
+            remove_source,
+            admit=self._admit,
+            on_ready=self._on_ready,
+            client_deadline=CLIENT_DEADLINE,
+            max_clients=MAX_CLIENTS,
+        )
+
+    @property
+    def listener(self) -> socket.socket:
+        """The listening socket."""
+        return self._server.listener
+
+    @property
+    def accept_backoff(self) -> AcceptBackoff:
+        """The accept failures and back-off episode of the endpoint's listener."""
+        return self._server.accept_backoff
+
+    @property
+    def _clients(self) -> Mapping[int, _Client]:
+        """The scrapes in progress, by fd: the listener's table, read-only."""
+        return self._server.clients
 
     # --- connections ------------------------------------------------------------------
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except _BLOCKED:
-                return
-            except OSError as error:
-                # EMFILE & co. would leave the listener readable and spin the loop:
-                # stop watching it for a while (see accept_backoff), once per episode.
-                self.accept_backoff.failed(error, self._where)
-                if self.accept_backoff.paused_for():
-                    self._remove_source(self.listener.fileno())
-                    self._paused = True
-                return
-            self.accept_backoff.succeeded(self._where)
-            if len(self._clients) >= MAX_CLIENTS:
-                connection.close()
-                continue
-            connection.setblocking(False)
-            client = _Client(connection, SNIFF if self._tls is not None else REQUEST)
-            fd = connection.fileno()
-            self._clients[fd] = client
-            self._add_source(fd, functools.partial(self._on_ready, fd))
+    def _admit(self, connection: socket.socket) -> _Client:
+        return _Client(connection, SNIFF if self._tls is not None else REQUEST)
 
-    def _watch(self, fd: int, client: _Client, writable: bool) -> None:
-        """Wait for `fd` to turn writable (or readable) next."""
-        if client.writable != writable:
-            client.writable = writable
-            self._add_source(fd, functools.partial(self._on_ready, fd), writable=writable)
-
-    def _on_ready(self, fd: int) -> None:
-        client = self._clients.get(fd)
-        if client is None:
-            return
+    def _on_ready(self, client: _Client) -> None:
         try:
             if client.phase == SNIFF:
-                self._sniff(fd, client)
+                self._sniff(client)
             elif client.phase == HANDSHAKE:
-                self._handshake(fd, client)
+                self._handshake(client)
             elif client.phase == REQUEST:
-                self._read(fd, client)
+                self._read(client)
             else:
-                self._write(fd, client)
+                self._write(client)
         except OSError as error:  # includes ssl.SSLError: a failed handshake, a reset
             log.debug("%s: dropping a client (%s)", self._where, error)
-            self._drop(fd)
+            self._server.drop(client)
 
-    def _sniff(self, fd: int, client: _Client) -> None:
+    def _sniff(self, client: _Client) -> None:
         """TLS endpoint: a TLS handshake starts with byte 0x16; answer anything else in plain."""
         assert self._tls is not None
         try:
@@ -194,7 +183,7 @@ class MetricsEndpoint:
         except _BLOCKED:
             return
         if not first:
-            self._drop(fd)
+            self._server.drop(client)
             return
         if first != b"\x16":
             try:  # consume the plain request, so that closing sends a FIN, not a reset
@@ -203,77 +192,75 @@ class MetricsEndpoint:
                 pass
             host, port = self.address
             self._respond(
-                fd, client, 400, f"this endpoint speaks HTTPS: use https://{host}:{port}/metrics\n"
+                client, 400, f"this endpoint speaks HTTPS: use https://{host}:{port}/metrics\n"
             )
             return
-        client.connection = self._tls.wrap_socket(
+        client.connection = client.tls = self._tls.wrap_socket(
             client.connection, server_side=True, do_handshake_on_connect=False
         )
         client.phase = HANDSHAKE
-        self._handshake(fd, client)
+        self._handshake(client)
 
-    def _handshake(self, fd: int, client: _Client) -> None:
+    def _handshake(self, client: _Client) -> None:
+        assert client.tls is not None
         try:
-            cast("ssl.SSLSocket", client.connection).do_handshake()
+            client.tls.do_handshake()
         except self._ssl_want_read:
-            self._watch(fd, client, writable=False)
+            self._server.watch(client, writable=False)
             return
         except self._ssl_want_write:
-            self._watch(fd, client, writable=True)
+            self._server.watch(client, writable=True)
             return
         client.phase = REQUEST
-        self._watch(fd, client, writable=False)
-        self._read(fd, client)  # the request may have come with the handshake's last flight
+        self._server.watch(client, writable=False)
+        self._read(client)  # the request may have come with the handshake's last flight
 
-    def _read(self, fd: int, client: _Client) -> None:
+    def _read(self, client: _Client) -> None:
         connection = client.connection
         while True:
             try:
                 chunk = connection.recv(MAX_REQUEST)
             except _BLOCKED + self._ssl_want_read:
-                self._watch(fd, client, writable=False)
+                self._server.watch(client, writable=False)
                 return
             except self._ssl_want_write:
-                self._watch(fd, client, writable=True)
+                self._server.watch(client, writable=True)
                 return
             if not chunk:
-                self._drop(fd)
+                self._server.drop(client)
                 return
             client.received += chunk
             # TLS may hold decrypted bytes the fd will never signal again: take them now.
             pending = getattr(connection, "pending", None)
             if len(client.received) > MAX_REQUEST or not (pending and pending()):
                 break
-        self._evaluate(fd, client)
+        self._evaluate(client)
 
-    def _evaluate(self, fd: int, client: _Client) -> None:
+    def _evaluate(self, client: _Client) -> None:
         """Answer the request in `client.received` once it is complete (or clearly bad)."""
         received = client.received
         line_end = received.find(b"\n")
         line = received if line_end < 0 else received[:line_end]
         if len(line) > MAX_REQUEST_LINE:
-            self._respond(fd, client, 400, f"request line longer than {MAX_REQUEST_LINE} bytes\n")
+            self._respond(client, 400, f"request line longer than {MAX_REQUEST_LINE} bytes\n")
             return
         if line_end < 0:
             return  # the request line is not complete yet
         match = _REQUEST_LINE.fullmatch(line)
         if match is None:
-            self._respond(
-                fd, client, 400, "malformed request line: expected 'GET /metrics HTTP/1.1'\n"
-            )
+            self._respond(client, 400, "malformed request line: expected 'GET /metrics HTTP/1.1'\n")
             return
         head_end = received.find(b"\r\n\r\n")
         if head_end < 0:
             head_end = received.find(b"\n\n")
         if head_end < 0:
             if len(received) >= MAX_REQUEST:
-                self._respond(fd, client, 431, f"request head longer than {MAX_REQUEST} bytes\n")
+                self._respond(client, 431, f"request head longer than {MAX_REQUEST} bytes\n")
             return
         headers = _headers(received[line_end + 1 : head_end])
         method, target = match.group(1).decode(), match.group(2).decode()
         if self._auth is not None and not self._auth.allows(headers.get("authorization")):
             self._respond(
-                fd,
                 client,
                 401,
                 "authentication required\n",
@@ -281,18 +268,16 @@ class MetricsEndpoint:
             )
         elif method not in ("GET", "HEAD"):
             self._respond(
-                fd, client, 405, "only GET is supported\n", extra_headers=("Allow: GET, HEAD",)
+                client, 405, "only GET is supported\n", extra_headers=("Allow: GET, HEAD",)
             )
         elif target.split("?")[0] == "/metrics":
             body, content_type = self.render(headers.get("accept", ""))
             self.scrapes += 1
-            self._respond(
-                fd, client, 200, b"" if method == "HEAD" else body, content_type=content_type
-            )
+            self._respond(client, 200, b"" if method == "HEAD" else body, content_type=content_type)
         elif target == "/":
-            self._respond(fd, client, 200, "sockherd: metrics at /metrics\n")
+            self._respond(client, 200, "sockherd: metrics at /metrics\n")
         else:
-            self._respond(fd, client, 404, "not found: try /metrics\n")
+            self._respond(client, 404, "not found: try /metrics\n")
 
     def render(self, accept: str) -> tuple[bytes, str]:
         """The exposition body (text format 0.0.4, whatever `accept` asks) and its type."""
@@ -300,7 +285,6 @@ class MetricsEndpoint:
 
     def _respond(
         self,
-        fd: int,
         client: _Client,
         status: int,
         body: bytes | str,
@@ -321,60 +305,50 @@ class MetricsEndpoint:
         client.received = b""
         client.phase = RESPONSE
         client.outgoing = memoryview(head + body)
-        self._watch(fd, client, writable=True)
-        self._write(fd, client)
+        self._server.watch(client, writable=True)
+        self._write(client)
 
-    def _write(self, fd: int, client: _Client) -> None:
+    def _write(self, client: _Client) -> None:
         assert client.outgoing is not None
         try:
             sent = client.connection.send(client.outgoing)
         except _BLOCKED + self._ssl_want_write:
-            self._watch(fd, client, writable=True)
+            self._server.watch(client, writable=True)
             return
         except self._ssl_want_read:
-            self._watch(fd, client, writable=False)
+            self._server.watch(client, writable=False)
             return
         client.outgoing = client.outgoing[sent:]
         if not client.outgoing:
-            self._drop(fd, finished=True)
+            self._finish(client)
 
-    def _drop(self, fd: int, finished: bool = False) -> None:
-        client = self._clients.pop(fd, None)
-        if client is None:
-            return
-        self._remove_source(fd)
-        if finished and client.phase == RESPONSE and hasattr(client.connection, "unwrap"):
-            try:  # TLS: send close_notify (without waiting for the peer's)
-                client.connection.unwrap()
+    def _finish(self, client: _Client) -> None:
+        """The response is out: close the connection, TLS with its close_notify."""
+        if client.tls is not None:
+            try:  # send close_notify (without waiting for the peer's)
+                client.tls.unwrap()
             except (OSError, ValueError):
                 pass
-        client.connection.close()
+        self._server.drop(client)
 
     # --- housekeeping ---------------------------------------------------------------
+
+    def accept_errors(self) -> dict[str, int]:
+        """Failed accepts of the endpoint's listener, by errno name."""
+        return self._server.accept_errors()
 
     def expire_slow_clients(self) -> None:
         """Drop scrapers that have not finished within CLIENT_DEADLINE; watch the listener
         again once an accept back-off has run out.  Call once per loop iteration."""
-        if self._paused and not self.accept_backoff.paused_for():
-            self._paused = False
-            self._add_source(self.listener.fileno(), self._accept)
-        now = time.monotonic()
-        for fd, client in list(self._clients.items()):
-            if now > client.deadline:
-                self._drop(fd)
+        self._server.expire_slow_clients()
 
     def close(self) -> None:
         """Close every connection and the listener."""
-        for fd in list(self._clients):
-            self._drop(fd)
-        self._remove_source(self.listener.fileno())
-        self.listener.close()
+        self._server.close()
 
     def close_in_child(self) -> None:
         """In a forked child: close the inherited sockets without touching the loop."""
-        for client in self._clients.values():
-            client.connection.close()
-        self.listener.close()
+        self._server.close_in_child()
 
 
 def _headers(block: bytes) -> dict[str, str]:

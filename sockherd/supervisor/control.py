@@ -16,24 +16,25 @@ supervisor logs one line naming the uid.  The loop never blocks on a client:
 connections are non-blocking, a command line is capped at `MAX_LINE` bytes,
 and a client that has not sent its line within `CLIENT_DEADLINE` seconds is
 dropped.  Accept failures are counted by errno; EMFILE and the like pause
-the listener with one logged warning per episode (see `accept_backoff`).
+the listener with one logged warning per episode.  The listening, accepting,
+deadlines and closing are `server.nonblocking_listener`'s; this module is the
+protocol and the socket file.
 """
 
 from __future__ import annotations
 
 import errno
-import functools
 import json
 import logging
 import os
 import socket
 import stat
 import struct
-import time
 from collections.abc import Callable
 from typing import Any
 
 from ..server.accept_backoff import AcceptBackoff
+from ..server.nonblocking_listener import AddSource, Client, NonBlockingListener, RemoveSource
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +69,14 @@ def _refusal(uid: int) -> str:
     )
 
 
-class _Client:
-    """One control connection: what it sent so far, since when, and whether it is refused."""
+class _Client(Client):
+    """One control connection: what it sent so far, and whether it is refused."""
 
-    __slots__ = ("connection", "buffer", "since", "refused_uid")
+    __slots__ = ("buffer", "refused_uid")
 
     def __init__(self, connection: socket.socket, refused_uid: int | None) -> None:
-        self.connection = connection
+        super().__init__(connection)
         self.buffer = bytearray()
-        self.since = time.monotonic()
         self.refused_uid = refused_uid
 
 
@@ -87,21 +87,28 @@ class ControlSocket:
         self,
         path: str,
         execute: Callable[[str], dict[str, Any]],
-        add_source: Callable[[int, Callable[[], None]], None],
-        remove_source: Callable[[int], None],
+        add_source: AddSource,
+        remove_source: RemoveSource,
     ) -> None:
         self.path = path
         self._execute = execute
-        self._add_source = add_source
-        self._remove_source = remove_source
-        self._clients: dict[int, _Client] = {}
-        self.accept_backoff = AcceptBackoff()
-        self._paused = False
-        self._listener = self._bind(path)
-        self._listener.setblocking(False)
+        listener = self._bind(path)
         if not hasattr(socket, "SO_PEERCRED"):
             log.info("no SO_PEERCRED here: the control socket relies on its 0600 mode alone")
-        add_source(self._listener.fileno(), self._accept)
+        self._server = NonBlockingListener(
+            listener,
+            f"the control socket {path!r}",
+            add_source,
+            remove_source,
+            admit=self._admit,
+            on_ready=self._read,
+            client_deadline=CLIENT_DEADLINE,
+        )
+
+    @property
+    def accept_backoff(self) -> AcceptBackoff:
+        """The accept failures and back-off episode of the control socket."""
+        return self._server.accept_backoff
 
     @staticmethod
     def _bind(path: str) -> socket.socket:
@@ -132,40 +139,22 @@ class ControlSocket:
         listener.listen(16)
         return listener
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as error:
-                # EMFILE & co. would leave the listener readable and spin the loop:
-                # stop watching it for a while (see accept_backoff), once per episode.
-                self.accept_backoff.failed(error, f"the control socket {self.path!r}")
-                if self.accept_backoff.paused_for():
-                    self._remove_source(self._listener.fileno())
-                    self._paused = True
-                return
-            self.accept_backoff.succeeded(f"the control socket {self.path!r}")
-            connection.setblocking(False)
-            uid = _peer_uid(connection)
-            refused_uid = None
-            if uid is not None and uid not in (0, os.geteuid()):
-                # Refused now, answered once its command line is in: a reply sent before
-                # the client has written would make its send fail (EPIPE) and hide the reply.
-                log.warning(
-                    "control socket %r: refused a client running as uid %d (only %s may use it)",
-                    self.path,
-                    uid,
-                    _allowed_users(),
-                )
-                refused_uid = uid
-            fd = connection.fileno()
-            self._clients[fd] = _Client(connection, refused_uid)
-            self._add_source(fd, functools.partial(self._read, fd))
+    def _admit(self, connection: socket.socket) -> _Client:
+        uid = _peer_uid(connection)
+        refused_uid = None
+        if uid is not None and uid not in (0, os.geteuid()):
+            # Refused now, answered once its command line is in: a reply sent before
+            # the client has written would make its send fail (EPIPE) and hide the reply.
+            log.warning(
+                "control socket %r: refused a client running as uid %d (only %s may use it)",
+                self.path,
+                uid,
+                _allowed_users(),
+            )
+            refused_uid = uid
+        return _Client(connection, refused_uid)
 
-    def _read(self, fd: int) -> None:
-        client = self._clients[fd]
+    def _read(self, client: _Client) -> None:
         connection, buffer = client.connection, client.buffer
         try:
             chunk = connection.recv(MAX_LINE)
@@ -185,7 +174,7 @@ class ControlSocket:
             else:
                 reply = self._execute(line)
             self._reply(connection, reply)
-            self._drop(fd)
+            self._server.drop(client)
 
     @staticmethod
     def _reply(connection: socket.socket, reply: dict[str, Any]) -> None:
@@ -195,38 +184,22 @@ class ControlSocket:
             if error.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EAGAIN):
                 log.warning("control socket: could not reply: %s", error)
 
-    def _drop(self, fd: int) -> None:
-        connection = self._clients.pop(fd).connection
-        self._remove_source(fd)
-        connection.close()
-
     def accept_errors(self) -> dict[str, int]:
         """Failed accepts of the control socket, by errno name."""
-        return dict(self.accept_backoff.failures)
+        return self._server.accept_errors()
 
     def expire_slow_clients(self) -> None:
         """Drop clients that have not sent a whole command within CLIENT_DEADLINE; watch the
         listener again once an accept back-off has run out.  Call once per loop iteration."""
-        if self._paused and not self.accept_backoff.paused_for():
-            self._paused = False
-            self._add_source(self._listener.fileno(), self._accept)
-        now = time.monotonic()
-        for fd, client in list(self._clients.items()):
-            if now - client.since > CLIENT_DEADLINE:
-                self._drop(fd)
+        self._server.expire_slow_clients()
 
     def close_in_worker(self) -> None:
         """In a forked worker: close the inherited sockets, leave the socket file alone."""
-        for client in self._clients.values():
-            client.connection.close()
-        self._listener.close()
+        self._server.close_in_child()
 
     def close(self) -> None:
         """Close every connection and the listener, and remove the socket file."""
-        for fd in list(self._clients):
-            self._drop(fd)
-        self._remove_source(self._listener.fileno())
-        self._listener.close()
+        self._server.close()
         try:
             os.unlink(self.path)
         except FileNotFoundError:
