@@ -102,6 +102,31 @@ def no_leaks() -> Iterator[None]:
         pytest.fail("; ".join(problems), pytrace=False)
 
 
+# The server kinds a behaviour runs over (tests/server_kinds.py says what each one is).
+KINDS = ["sync", "thread", "fork", "prefork-accept", "prefork-dispatch"]
+
+
+@pytest.fixture(params=KINDS)
+def server_kind(request: pytest.FixtureRequest) -> Any:
+    """A `server_kinds.ServerKind`: by default each sockherd kind in turn; a test picks others
+    (CPython's, or some skipped with a reason) with `server_kinds.each_kind()`."""
+    from server_kinds import KIND  # server_kinds imports this module
+
+    return KIND[request.param]
+
+
+@pytest.fixture
+def recorder() -> Iterator[Any]:
+    """A `server_kinds.Recorder`: what hooks ran, in which thread or process."""
+    from server_kinds import Recorder
+
+    rec = Recorder()
+    try:
+        yield rec
+    finally:
+        rec.close()
+
+
 @pytest.fixture(params=["socketserver", "sockherd"])
 def ss(request: pytest.FixtureRequest) -> Any:
     """The module under test: CPython's socketserver, then sockherd (differential tests)."""
@@ -148,6 +173,11 @@ def tcp_request(
             while chunk := client.recv(65536):
                 chunks.append(chunk)
     return b"".join(chunks)
+
+
+def child_processes() -> set[int]:
+    """Pids of this process's descendants, running or zombie."""
+    return set(_children())
 
 
 def zombie_children() -> list[int]:
