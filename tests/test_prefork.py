@@ -2,11 +2,16 @@
 
 In-process tests run the supervisor's serve_forever() in a thread (so signals are
 not installed; operator actions are exercised in `sockherd serve` subprocesses).
+What a pool shares with the other server kinds (the request path, the serve loop,
+handlers, the class surface) is tested over every kind in the foundation's files
+(server_kinds.py); this file tests what only a pool does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import mmap
 import os
 import signal
 import socket
@@ -27,6 +32,7 @@ from conftest import (
     zombie_children,
 )
 from prefork_handlers import BrokenSetupServer, Commands
+from server_kinds import KIND, POLL, Recorder, WrappedConnection, recv_all
 
 import sockherd
 from sockherd.examples.echo import DatagramEchoHandler, EchoHandler
@@ -162,6 +168,128 @@ def test_unknown_setting_names_the_known_ones():
 def test_bad_handoff_is_refused():
     with pytest.raises(ValueError, match="handoff must be one of"):
         sockherd.PreforkTCPServer(("127.0.0.1", 0), Commands, handoff="roundrobin")
+
+
+# --- the socketserver path, where a pool differs ------------------------------------
+
+NO_RCVTIMEO = bytes(16)  # struct timeval {0, 0}
+
+
+def wrapping_server(recorder: Recorder, handler: type, handoff: str) -> sockherd.PreforkTCPServer:
+    """A one-worker pool whose get_request() wraps each connection (as TLS servers do)."""
+
+    class WrappingServer(sockherd.PreforkTCPServer):
+        def get_request(self):
+            connection, address = super().get_request()
+            return WrappedConnection(connection, recorder), address
+
+    return KIND[f"prefork-{handoff}"].server(("127.0.0.1", 0), handler, cls=WrappingServer)
+
+
+def test_dispatch_refuses_a_wrapped_connection_with_an_actionable_error(recorder, caplog):
+    """Dispatch mode can pass only a socket's fd, not the object get_request() wrapped it in
+    (a worker would read TLS records as plain bytes): the supervisor refuses the connection,
+    closes it without running the handler, and says to use handoff='accept'."""
+
+    class Handler(sockherd.BaseRequestHandler):
+        def handle(self) -> None:
+            recorder.add("handle")
+
+    server = wrapping_server(recorder, Handler, "dispatch")
+    with serving(server, POLL) as loop:
+        assert tcp_request(server.server_address) == b""
+        wait_until(lambda: "wrapper closed" in recorder.texts())
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "handoff='accept'" in errors[0]
+    assert recorder.by_place(loop) == {"loop": ["wrapper closed"]}
+
+
+def test_connection_from_a_wrapping_get_request_has_no_receive_timeout(recorder):
+    """The listener's heartbeat receive timeout (SO_RCVTIMEO, accept mode) must not reach the
+    handler's connection, also when get_request() wraps it: a client slower than
+    heartbeat_interval would otherwise make the handler's recv() fail with EAGAIN."""
+
+    class Handler(sockherd.BaseRequestHandler):
+        def handle(self) -> None:
+            rcvtimeo = self.request.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)
+            self.request.sendall(rcvtimeo)
+
+    server = wrapping_server(recorder, Handler, "accept")
+    # Connect once the listener has its heartbeat timeout, as any client of a running pool
+    # does (earlier connections were cloned from the listener before it was set).
+    with KIND["prefork-accept"].serving(server):
+        reply = tcp_request(server.server_address, b"")
+    assert reply == NO_RCVTIMEO
+
+
+@pytest.mark.parametrize("handoff", HANDOFFS)
+def test_a_worker_stops_after_a_sigterm_that_arrived_while_its_handler_ran_python_code(
+    recorder, handoff, monkeypatch
+):
+    """shutdown() while a CPU-bound request runs: the worker gets its SIGTERM in Python code,
+    finishes the request, then exits promptly (not after graceful_timeout and a SIGKILL).
+
+    On CPython 3.13.0 a process forked from a non-main thread (workers are forked from the
+    serve_forever() thread) does not run a Python signal handler for a signal that lands
+    in Python code until something calls PyErr_CheckSignals(); the worker's loops never
+    do, so a stop must not depend on the SIGTERM handler alone.
+    """
+    from sockherd.supervisor import worker_pool
+
+    released = mmap.mmap(-1, 1)  # anonymous shared memory: the worker sees the test's write
+    sigterm_sent = threading.Event()
+    real_signal = worker_pool.send_signal
+
+    def signal_and_tell(pid: int, signum: int) -> None:
+        real_signal(pid, signum)
+        if signum == signal.SIGTERM:
+            sigterm_sent.set()
+
+    monkeypatch.setattr(worker_pool, "send_signal", signal_and_tell)
+
+    class Spinning(sockherd.BaseRequestHandler):
+        def handle(self) -> None:
+            recorder.add("spinning")
+            deadline = time.monotonic() + 10
+            while released[0] == 0 and time.monotonic() < deadline:
+                pass  # CPU-bound Python: no syscall a signal could interrupt
+            self.request.send(b"done")  # not sendall(), which runs pending signal handlers
+
+    kind = KIND[f"prefork-{handoff}"]
+    server = kind.server(("127.0.0.1", 0), Spinning, graceful_timeout=2.5)
+    loop = threading.Thread(target=server.serve_forever, args=(POLL,), name="serve_forever")
+    loop.start()
+    stopper = threading.Thread(target=server.shutdown, name="shutdown")
+    try:
+        with socket.create_connection(server.server_address, timeout=10) as client:
+            client.shutdown(socket.SHUT_WR)
+            wait_until(lambda: "spinning" in recorder.texts())
+            (worker,) = kind.worker_pids(server)
+            stopper.start()
+            assert sigterm_sent.wait(5)
+
+            def delivered() -> bool:  # no longer pending: the worker has taken the signal
+                with open(f"/proc/{worker}/status") as status:
+                    fields = dict(line.split(":", 1) for line in status)
+                pending = int(fields["ShdPnd"], 16) | int(fields["SigPnd"], 16)
+                return not pending & (1 << (signal.SIGTERM - 1))
+
+            wait_until(delivered)
+            released[0] = 1
+            reply = recv_all(client)
+            finished = time.monotonic()
+        stopper.join(10)
+        stopped_after = time.monotonic() - finished
+    finally:
+        released[0] = 1
+        if stopper.ident is None:
+            server.shutdown()
+        stopper.join(10)
+        loop.join(10)
+        server.server_close()
+        released.close()
+    assert reply == b"done"
+    assert stopped_after < 1.5  # a heartbeat or two, not graceful_timeout
 
 
 # --- supervision -----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The path of one request through the server hooks, compared with CPython's socketserver.
+"""The path of one request through the server hooks, on every server kind.
 
 Spec items 15-23: `get_request` -> `verify_request` -> `process_request` ->
 `finish_request` -> `shutdown_request` -> `close_request`, `handle_error` for an
@@ -7,9 +7,12 @@ Spec items 15-23: `get_request` -> `verify_request` -> `process_request` ->
 `handle_error` output, the context manager, `server_close()` idempotence and the
 `get_request` override point.
 
-Every test here is differential: it runs the same scenario against stock
-`socketserver` and `sockherd` (the `ss` fixture) and asserts the same recorded
-hook list or output for both.
+The tests taking `server_kind` run the same scenario on each kind (see
+server_kinds.py): sync, thread, fork and the prefork pool in both hand-offs, and,
+where the test is differential, CPython's sync, thread and fork servers, expecting
+the same hooks in the same order, split between the places the kind runs them in.
+The `handle_request()` tests run on the synchronous server of stock `socketserver`
+and `sockherd` (the `ss` fixture): a prefork server has no handle_request().
 """
 
 from __future__ import annotations
@@ -23,99 +26,29 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import serving, tcp_request, wait_until
-
-import sockherd
+from conftest import child_processes, tcp_request, wait_until, zombie_children
+from server_kinds import (
+    CLOSE,
+    KIND,
+    REQUEST_SIDE,
+    Recorder,
+    WrappedConnection,
+    each_kind,
+    recording_handler,
+    recording_server,
+    recording_server_class,
+    recv_all,
+    request_path,
+)
 
 LOOPBACK = ("127.0.0.1", 0)
-POLL = 0.05  # small, so stock socketserver's shutdown() does not slow the suite down
 DASHES = "-" * 40
+WITH_ERROR = [*REQUEST_SIDE, "handle_error:ValueError", *CLOSE]
 
 
-class HookLog:
-    """Thread-safe record of hook calls: (hook name, ident of the calling thread)."""
-
-    def __init__(self) -> None:
-        self.entries: list[tuple[str, int]] = []
-
-    def add(self, name: str) -> None:
-        self.entries.append((name, threading.get_ident()))  # list.append is atomic
-
-    def names(self, *, skip: tuple[str, ...] = ()) -> list[str]:
-        return [name for name, _ in self.entries if name not in skip]
-
-    def by_thread(self, caller: int) -> list[tuple[str, str]]:
-        """Hook names tagged "caller" (the thread given) or "worker" (any other)."""
-        return [(name, "caller" if ident == caller else "worker") for name, ident in self.entries]
-
-
-def make_handler(ss: Any, log: HookLog, behaviour: str = "echo") -> type:
-    """A handler that records its construction and handle(), reads to EOF, then acts.
-
-    behaviour: "echo" replies b"echo:" + request; "raise" raises ValueError;
-    "systemexit" / "keyboardinterrupt" raise those BaseExceptions.
-    """
-
-    class Handler(ss.BaseRequestHandler):
-        def __init__(self, request: Any, client_address: Any, server: Any) -> None:
-            log.add("handler.__init__")
-            super().__init__(request, client_address, server)
-
-        def handle(self) -> None:
-            log.add("handle")
-            chunks = []
-            while chunk := self.request.recv(65536):
-                chunks.append(chunk)
-            if behaviour == "raise":
-                raise ValueError("boom from the handler")
-            if behaviour == "systemexit":
-                raise SystemExit(3)
-            if behaviour == "keyboardinterrupt":
-                raise KeyboardInterrupt
-            self.request.sendall(b"echo:" + b"".join(chunks))
-
-    return Handler
-
-
-def make_server(base: type, log: HookLog, handler: type, **attributes: Any) -> Any:
-    """Instantiate a subclass of `base` whose hooks record themselves, then call super."""
-
-    class RecordingServer(base):  # type: ignore[valid-type, misc]
-        def get_request(self) -> Any:
-            log.add("get_request")
-            return super().get_request()
-
-        def verify_request(self, request: Any, client_address: Any) -> bool:
-            log.add("verify_request")
-            return super().verify_request(request, client_address)
-
-        def process_request(self, request: Any, client_address: Any) -> None:
-            log.add("process_request")
-            super().process_request(request, client_address)
-
-        def finish_request(self, request: Any, client_address: Any) -> None:
-            log.add("finish_request")
-            super().finish_request(request, client_address)
-
-        def shutdown_request(self, request: Any) -> None:
-            log.add("shutdown_request")
-            super().shutdown_request(request)
-
-        def close_request(self, request: Any) -> None:
-            log.add("close_request")
-            super().close_request(request)
-
-        def handle_error(self, request: Any, client_address: Any) -> None:
-            log.add("handle_error")
-            super().handle_error(request, client_address)
-
-        def service_actions(self) -> None:
-            log.add("service_actions")
-            super().service_actions()
-
-    for name, value in attributes.items():
-        setattr(RecordingServer, name, value)
-    return RecordingServer(LOOPBACK, handler)
+def sync_kind(ss: Any) -> Any:
+    """The synchronous kind of the module the `ss` fixture gives."""
+    return KIND["stock-sync" if ss is stock_socketserver else "sync"]
 
 
 def exchange(address: tuple[str, int], payload: bytes, result: dict[str, Any]) -> None:
@@ -155,25 +88,21 @@ def client_in_thread(address: tuple[str, int], payload: bytes = b"ping\n") -> It
         thread.join(10)
 
 
-ONE_REQUEST = [
-    "get_request",
-    "verify_request",
-    "process_request",
-    "finish_request",
-    "handler.__init__",
-    "handle",
-    "shutdown_request",
-    "close_request",
-]
+def finished(recorder: Recorder, expected: dict[str, list[str]]) -> bool:
+    """Whether as many close_request calls as `expected` holds have been recorded."""
+    wanted = sum(hooks.count("close_request") for hooks in expected.values())
+    return recorder.texts().count("close_request") >= wanted
 
 
-def test_sync_handle_request_calls_hooks_in_stock_order(ss: Any) -> None:
+# --- handle_request(): the synchronous server serving one request inline ------------------
+
+
+def test_sync_handle_request_calls_hooks_in_stock_order(ss: Any, recorder: Recorder) -> None:
     """One request through a synchronous TCPServer.handle_request(): the exact hook order.
 
     handle_request() never calls service_actions(), so the list ends at close_request.
     """
-    log = HookLog()
-    server = make_server(ss.TCPServer, log, make_handler(ss, log))
+    server = recording_server(sync_kind(ss), recorder, service_actions=True)
     try:
         with client_in_thread(server.server_address) as client:
             assert server.handle_request() is None
@@ -181,194 +110,269 @@ def test_sync_handle_request_calls_hooks_in_stock_order(ss: Any) -> None:
         server.server_close()
     assert client.get("error") is None
     assert client["reply"] == b"echo:ping\n"
-    assert log.names() == ONE_REQUEST
+    assert recorder.texts() == request_path(sync_kind(ss), [*REQUEST_SIDE, *CLOSE])["loop"]
 
 
-def test_serve_forever_calls_service_actions_after_the_request_hooks(ss: Any) -> None:
-    """Under serve_forever() the same hooks run, then service_actions() in that iteration."""
-    log = HookLog()
-    server = make_server(ss.TCPServer, log, make_handler(ss, log))
-    with serving(server, POLL):
-        assert tcp_request(server.server_address) == b"echo:ping\n"
-        wait_until(lambda: "service_actions" in log.names()[log.names().index("get_request") :])
-    names = log.names()
-    start = names.index("get_request")
-    assert names[start : start + len(ONE_REQUEST) + 1] == ONE_REQUEST + ["service_actions"]
-
-
-def test_threading_server_runs_request_hooks_in_the_worker_thread(ss: Any) -> None:
-    """ThreadingTCPServer: accept, verify and process in the caller; the rest in the thread."""
-    log = HookLog()
-    server = make_server(ss.ThreadingTCPServer, log, make_handler(ss, log))
-    try:
-        with client_in_thread(server.server_address) as client:
-            server.handle_request()
-    finally:
-        server.server_close()  # joins the request thread
-    assert client["reply"] == b"echo:ping\n"
-    assert log.by_thread(threading.get_ident()) == [
-        ("get_request", "caller"),
-        ("verify_request", "caller"),
-        ("process_request", "caller"),
-        ("finish_request", "worker"),
-        ("handler.__init__", "worker"),
-        ("handle", "worker"),
-        ("shutdown_request", "worker"),
-        ("close_request", "worker"),
-    ]
-
-
-def test_threading_server_handler_exception_calls_handle_error_before_shutdown_request(
-    ss: Any, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """ThreadingTCPServer: an Exception in the handler -> handle_error, then shutdown_request,
-    both in the worker thread."""
-    log = HookLog()
-    server = make_server(ss.ThreadingTCPServer, log, make_handler(ss, log, "raise"))
-    try:
-        with client_in_thread(server.server_address) as client:
-            server.handle_request()
-    finally:
-        server.server_close()
-    assert client["reply"] == b""
-    assert log.by_thread(threading.get_ident()) == [
-        ("get_request", "caller"),
-        ("verify_request", "caller"),
-        ("process_request", "caller"),
-        ("finish_request", "worker"),
-        ("handler.__init__", "worker"),
-        ("handle", "worker"),
-        ("handle_error", "worker"),
-        ("shutdown_request", "worker"),
-        ("close_request", "worker"),
-    ]
-    assert "ValueError: boom from the handler" in capsys.readouterr().err
-
-
-def test_verify_request_false_only_shuts_down_the_request(ss: Any) -> None:
-    """verify_request() returning False: shutdown_request/close_request only, no handler."""
-    log = HookLog()
-
-    def refuse(self: Any, request: Any, client_address: Any) -> bool:
-        log.add("verify_request")
-        return False
-
-    server = make_server(ss.TCPServer, log, make_handler(ss, log), verify_request=refuse)
-    try:
-        with client_in_thread(server.server_address, payload=b"") as client:
-            server.handle_request()
-    finally:
-        server.server_close()
-    assert client["reply"] == b""
-    assert log.names() == ["get_request", "verify_request", "shutdown_request", "close_request"]
-
-
-def test_handler_exception_calls_handle_error_then_shutdown_request_and_keeps_serving(
-    ss: Any, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Synchronous server: an Exception -> handle_error, shutdown_request; the loop goes on."""
-    log = HookLog()
-    raising = make_handler(ss, log, "raise")
-    echoing = make_handler(ss, log, "echo")
-    handlers = iter([raising, echoing])
-
-    def next_handler(request: Any, client_address: Any, server: Any) -> Any:
-        return next(handlers)(request, client_address, server)
-
-    server = make_server(ss.TCPServer, log, next_handler)
-    with serving(server, POLL) as thread:
-        assert tcp_request(server.server_address) == b""
-        assert tcp_request(server.server_address) == b"echo:ping\n"
-        assert thread.is_alive()
-    assert log.names(skip=("service_actions",)) == [
-        "get_request",
-        "verify_request",
-        "process_request",
-        "finish_request",
-        "handler.__init__",
-        "handle",
-        "handle_error",
-        "shutdown_request",
-        "close_request",
-        *ONE_REQUEST,
-    ]
-    assert "ValueError: boom from the handler" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    ("behaviour", "exception"),
-    [("systemexit", SystemExit), ("keyboardinterrupt", KeyboardInterrupt)],
-)
-def test_base_exception_in_sync_handler_shuts_down_request_and_propagates(
-    ss: Any, capsys: pytest.CaptureFixture[str], behaviour: str, exception: type
-) -> None:
-    """A BaseException from a synchronous handler: shutdown_request (no handle_error), then it
-    propagates out of handle_request()."""
-    log = HookLog()
-    server = make_server(ss.TCPServer, log, make_handler(ss, log, behaviour))
-    try:
-        with client_in_thread(server.server_address) as client:
-            with pytest.raises(exception):
-                server.handle_request()
-    finally:
-        server.server_close()
-    assert client["reply"] == b""
-    assert log.names() == [
-        "get_request",
-        "verify_request",
-        "process_request",
-        "finish_request",
-        "handler.__init__",
-        "handle",
-        "shutdown_request",
-        "close_request",
-    ]
-    assert capsys.readouterr().err == ""
-
-
-def test_oserror_from_get_request_is_dropped_silently(
-    ss: Any, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
-) -> None:
-    """An OSError (ECONNABORTED) from get_request(): handle_request() returns None, no other
-    hook runs, nothing is printed or logged."""
-    log = HookLog()
+def test_handle_request_returns_none_when_get_request_fails(ss: Any, recorder: Recorder) -> None:
+    """An OSError (ECONNABORTED) from get_request(): handle_request() returns None and no
+    other hook runs (test_oserror_from_get_request_is_dropped_silently: the loop's view)."""
 
     def aborting_get_request(self: Any) -> Any:
-        log.add("get_request")
+        recorder.add("get_request aborted")
         connection, _address = self.socket.accept()
         connection.close()
         raise ConnectionAbortedError(errno.ECONNABORTED, "Software caused connection abort")
 
-    server = make_server(ss.TCPServer, log, make_handler(ss, log), get_request=aborting_get_request)
+    server = recording_server(sync_kind(ss), recorder, get_request=aborting_get_request)
     try:
         with client_in_thread(server.server_address, payload=b"") as client:
             assert server.handle_request() is None
     finally:
         server.server_close()
     assert client["reply"] == b""
-    assert log.names() == ["get_request"]
-    assert capfd.readouterr() == ("", "")
-    assert caplog.records == []
+    assert recorder.texts() == ["get_request aborted"]
 
 
-def handle_error_output(ss: Any, capsys: pytest.CaptureFixture[str]) -> tuple[list[str], Any]:
-    """Serve one request whose handler raises; return the stderr lines and the client address."""
-    log = HookLog()
-    server = ss.TCPServer(LOOPBACK, make_handler(ss, log, "raise"))
+@pytest.mark.parametrize(
+    ("payload", "exception"),
+    [(b"systemexit", SystemExit), (b"keyboardinterrupt", KeyboardInterrupt)],
+)
+def test_base_exception_in_sync_handler_shuts_down_request_and_propagates(
+    ss: Any,
+    recorder: Recorder,
+    capsys: pytest.CaptureFixture[str],
+    payload: bytes,
+    exception: type,
+) -> None:
+    """A BaseException from a synchronous handler: shutdown_request (no handle_error), then it
+    propagates out of handle_request()."""
+    server = recording_server(sync_kind(ss), recorder)
     try:
-        capsys.readouterr()
-        with client_in_thread(server.server_address) as client:
-            server.handle_request()
+        with client_in_thread(server.server_address, payload) as client:
+            with pytest.raises(exception):
+                server.handle_request()
     finally:
         server.server_close()
-    captured = capsys.readouterr()
+    assert client["reply"] == b""
+    assert recorder.texts() == request_path(sync_kind(ss), [*REQUEST_SIDE, *CLOSE])["loop"]
+    assert capsys.readouterr().err == ""
+
+
+# --- the request path on every kind ------------------------------------------------------
+
+
+@each_kind(stock=True)
+def test_request_hooks_run_in_stock_order_where_the_kind_runs_them(
+    server_kind: Any, recorder: Recorder
+) -> None:
+    """The serving thread, a request thread, a forked child or a worker: each place runs its
+    part of the path in CPython's order, and process_request passes the request on before the
+    handler side begins."""
+    server = recording_server(server_kind, recorder)
+    expected = request_path(server_kind, [*REQUEST_SIDE, *CLOSE])
+    with server_kind.serving(server) as loop:
+        assert tcp_request(server.server_address) == b"echo:ping\n"
+        wait_until(lambda: finished(recorder, expected))
+        workers = server_kind.worker_pids(server)
+    assert recorder.by_place(loop) == expected
+    texts = recorder.texts()
+    if "process_request" in texts:
+        assert texts.index("process_request") < texts.index("finish_request")
+    if server_kind.prefork:
+        assert recorder.pids("handle") <= workers
+
+
+@each_kind(stock=True, skip={"prefork-accept": "workers run every request hook, not the loop"})
+def test_serving_thread_calls_service_actions_after_its_request_hooks(
+    server_kind: Any, recorder: Recorder
+) -> None:
+    """Under serve_forever() the serving thread runs its part of the path, then
+    service_actions() in that same iteration."""
+    server = recording_server(server_kind, recorder, service_actions=True)
+    ours = request_path(server_kind, [*REQUEST_SIDE, *CLOSE])["loop"]
+
+    def loop_names() -> list[str]:
+        return recorder.by_place(loop).get("loop", [])
+
+    def after_request() -> bool:
+        names = loop_names()
+        return "get_request" in names and "service_actions" in names[names.index("get_request") :]
+
+    with server_kind.serving(server) as loop:
+        assert tcp_request(server.server_address) == b"echo:ping\n"
+        wait_until(after_request)
+    names = loop_names()
+    start = names.index("get_request")
+    assert names[start : start + len(ours) + 1] == [*ours, "service_actions"]
+
+
+@each_kind(stock=True)
+def test_handler_exception_calls_handle_error_then_shutdown_request_and_serving_goes_on(
+    server_kind: Any, recorder: Recorder, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """An Exception from the handler: handle_error, then shutdown_request, where the handler
+    ran; the next request is served as usual."""
+    server = recording_server(server_kind, recorder)
+    raised = request_path(server_kind, WITH_ERROR)
+    served = request_path(server_kind, [*REQUEST_SIDE, *CLOSE])
+    expected = {place: raised[place] + served[place] for place in raised}
+    with server_kind.serving(server) as loop:
+        assert tcp_request(server.server_address, b"raise") == b""
+        assert tcp_request(server.server_address) == b"echo:ping\n"
+        wait_until(lambda: finished(recorder, expected))
+        assert loop.is_alive()
+    assert recorder.by_place(loop) == expected
+    assert "ValueError: boom from the handler" in capfd.readouterr().err
+
+
+@each_kind()
+def test_handler_exception_is_counted_as_an_error(server_kind: Any, recorder: Recorder) -> None:
+    """sockherd counts a request whose handler raised as an error, one that did not as ok:
+    in request_stats where the serving process sees requests end, in a pool's scoreboard."""
+    server = server_kind.server(LOOPBACK, recording_handler(server_kind, recorder))
+    with server_kind.serving(server):
+        assert tcp_request(server.server_address, b"raise") == b""
+        assert tcp_request(server.server_address) == b"echo:ping\n"
+        wait_until(lambda: server_kind.request_counts(server) == (2, 1))
+
+
+@each_kind(stock=True)
+def test_verify_request_false_only_shuts_down_the_request(
+    server_kind: Any, recorder: Recorder
+) -> None:
+    """verify_request() returning False: shutdown_request/close_request only, where
+    get_request ran; no handler, and no request counted."""
+
+    def refuse(self: Any, request: Any, client_address: Any) -> bool:
+        recorder.add("verify_request")
+        return False
+
+    server = recording_server(server_kind, recorder, verify_request=refuse)
+    place = "child" if server_kind.handoff == "accept" else "loop"
+    with server_kind.serving(server) as loop:
+        assert tcp_request(server.server_address, b"") == b""
+        wait_until(lambda: "close_request" in recorder.texts())
+        counted = None if server_kind.stock else server_kind.request_counts(server)
+    refused = ["get_request", "verify_request", "shutdown_request", "close_request"]
+    assert recorder.by_place(loop) == {place: refused}
+    assert counted in (None, (0, 0))
+
+
+@pytest.mark.parametrize("payload", [b"systemexit", b"keyboardinterrupt"])
+@each_kind(
+    stock=True,
+    skip={
+        "sync": "it propagates out of the loop "
+        "(test_base_exception_in_sync_handler_shuts_down_request_and_propagates)"
+    },
+)
+def test_base_exception_in_a_handler_shuts_down_the_request_without_handle_error(
+    server_kind: Any,
+    recorder: Recorder,
+    payload: bytes,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SystemExit or KeyboardInterrupt from a handler in a thread, a forked child or a worker:
+    shutdown_request (no handle_error) ends the request, the BaseException ends the thread or
+    the process, and the next request is served.  A pool replaces the worker it ended."""
+    ended: list[type] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: ended.append(args.exc_type))
+    server = recording_server(server_kind, recorder)
+    one = request_path(server_kind, [*REQUEST_SIDE, *CLOSE])
+    expected = {place: hooks + hooks for place, hooks in one.items()}
+    with server_kind.serving(server) as loop:
+        first_workers = server_kind.worker_pids(server)
+        assert tcp_request(server.server_address, payload) == b""
+        assert tcp_request(server.server_address) == b"echo:ping\n"
+        wait_until(lambda: finished(recorder, expected))
+    assert recorder.by_place(loop) == expected
+    assert "Exception occurred during processing" not in capfd.readouterr().err
+    assert zombie_children() == []
+    if server_kind.model == "thread":
+        assert ended == [SystemExit if payload == b"systemexit" else KeyboardInterrupt]
+    if server_kind.prefork:
+        died_in, replaced_by = (pid for pid, _ident, text in recorder.entries() if text == "handle")
+        assert died_in in first_workers and replaced_by not in first_workers
+
+
+@each_kind(stock=True)
+def test_oserror_from_get_request_is_dropped_silently(
+    server_kind: Any,
+    recorder: Recorder,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ECONNABORTED from get_request() (in the loop, or a worker in accept mode): no other hook
+    runs for it, nothing is printed or logged, and the next connection is served."""
+
+    class AbortingServer(server_kind.server_class()):  # type: ignore[misc]
+        aborted = False  # per process: the loop's, or the one worker's (accept)
+
+        def get_request(self) -> Any:
+            connection, address = self.socket.accept()
+            if not self.aborted:
+                self.aborted = True
+                connection.close()
+                recorder.add("get_request aborted")
+                raise ConnectionAbortedError(errno.ECONNABORTED, "Software caused connection abort")
+            recorder.add("get_request")
+            return connection, address
+
+    server = server_kind.server(
+        LOOPBACK, recording_handler(server_kind, recorder), cls=AbortingServer
+    )
+    with server_kind.serving(server):
+        first_workers = server_kind.worker_pids(server)
+        assert tcp_request(server.server_address, b"") == b""
+        assert tcp_request(server.server_address) == b"echo:ping\n"
+        wait_until(lambda: "finish" in recorder.texts())
+        assert server_kind.worker_pids(server) == first_workers
+        logged = [r.getMessage() for r in caplog.records]
+    assert recorder.texts() == [
+        "get_request aborted",
+        "get_request",
+        "handler.__init__",
+        "setup",
+        "handle",
+        "finish",
+    ]
+    assert capfd.readouterr() == ("", "")
+    assert logged == []
+
+
+# --- handle_error()'s output -------------------------------------------------------------
+
+
+def handle_error_output(kind: Any, capfd: pytest.CaptureFixture[str]) -> tuple[list[str], Any]:
+    """Serve one request whose handler raises; return the stderr lines and the client address.
+
+    The recording server's close_request comes after handle_error() has printed."""
+    recorder = Recorder()
+    try:
+        server = recording_server(kind, recorder)
+        with kind.serving(server):
+            capfd.readouterr()
+            with socket.create_connection(server.server_address, timeout=5) as client:
+                client_address = client.getsockname()
+                client.sendall(b"raise")
+                client.shutdown(socket.SHUT_WR)
+                assert recv_all(client) == b""
+            wait_until(lambda: finished(recorder, request_path(kind, WITH_ERROR)))
+    finally:
+        recorder.close()
+    captured = capfd.readouterr()
     assert captured.out == ""
-    return captured.err.splitlines(), client["client_address"]
+    return captured.err.splitlines(), client_address
 
 
-def test_handle_error_default_stderr_format(ss: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    """The default handle_error(): dashes, the client address line, the traceback, dashes."""
-    lines, client_address = handle_error_output(ss, capsys)
+@each_kind(stock=True)
+def test_handle_error_default_stderr_format(
+    server_kind: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The default handle_error(), wherever it runs: dashes, the client address line, the
+    traceback, dashes."""
+    lines, client_address = handle_error_output(server_kind, capfd)
     assert client_address[0] == "127.0.0.1"
     assert lines[0] == DASHES
     assert lines[1] == f"Exception occurred during processing of request from {client_address}"
@@ -379,47 +383,66 @@ def test_handle_error_default_stderr_format(ss: Any, capsys: pytest.CaptureFixtu
     assert lines.count(DASHES) == 2
 
 
-def test_handle_error_output_matches_stock(capsys: pytest.CaptureFixture[str]) -> None:
-    """Stock and sockherd print the same banner and the same traceback from the handler frame
-    on (the frames above it are each module's own source)."""
+@each_kind(stock=True, skip={"stock-sync": "the reference the others are compared with"})
+def test_handle_error_output_matches_stock_from_the_handler_frame_on(
+    server_kind: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Each kind prints what stock's synchronous TCPServer prints: the same banner and the same
+    traceback from the handler's frame on (the frames above it are each module's own)."""
 
-    def normalised(module: Any) -> tuple[list[str], list[str]]:
-        lines, client_address = handle_error_output(module, capsys)
+    def normalised(kind: Any) -> tuple[list[str], list[str]]:
+        lines, client_address = handle_error_output(kind, capfd)
         lines = [line.replace(str(client_address), "CLIENT") for line in lines]
         handler_frame = next(i for i, line in enumerate(lines) if line.endswith(", in handle"))
         return lines[:3], lines[handler_frame:]
 
-    assert normalised(stock_socketserver) == normalised(sockherd)
+    assert normalised(server_kind) == normalised(KIND["stock-sync"])
 
 
-def test_context_manager_returns_the_server_and_closes_the_socket(ss: Any) -> None:
-    """`with Server(...) as s`: s is the server; the listening socket is closed on exit."""
-    server = ss.TCPServer(LOOPBACK, ss.BaseRequestHandler)
+# --- the server object: context manager, server_close() -----------------------------------
+
+
+@each_kind(stock=True)
+def test_context_manager_returns_the_server_and_closes_the_socket(
+    server_kind: Any, recorder: Recorder
+) -> None:
+    """`with Server(...) as s`: s is the server; it serves, and the listening socket stays open
+    until the block ends (after serve_forever() returned, a pool having stopped its workers)."""
+    server = server_kind.server(LOOPBACK, recording_handler(server_kind, recorder))
     with server as entered:
         assert entered is server
+        loop = threading.Thread(target=server.serve_forever, args=(0.05,), name="serve_forever")
+        loop.start()
+        try:
+            server_kind.wait_ready(server)
+            assert tcp_request(server.server_address) == b"echo:ping\n"
+        finally:
+            server.shutdown()
+            loop.join(10)
         assert server.socket.fileno() != -1
     assert server.socket.fileno() == -1
+    assert child_processes() == set()
 
 
-def test_context_manager_does_not_suppress_exceptions(ss: Any) -> None:
+@each_kind(stock=True)
+def test_context_manager_does_not_suppress_exceptions(server_kind: Any) -> None:
     """__exit__ closes the server and returns None, so the exception propagates."""
 
     class Marker(Exception):
         pass
 
     with pytest.raises(Marker):
-        with ss.TCPServer(LOOPBACK, ss.BaseRequestHandler) as server:
+        with server_kind.server(LOOPBACK, server_kind.module.BaseRequestHandler) as server:
             raise Marker
     assert server.socket.fileno() == -1
     assert server.__exit__(None, None, None) is None
 
 
-@pytest.mark.parametrize("class_name", ["TCPServer", "ThreadingTCPServer"])
-def test_server_close_twice_is_harmless(ss: Any, class_name: str) -> None:
+@each_kind(stock=True)
+def test_server_close_twice_is_harmless(server_kind: Any, recorder: Recorder) -> None:
     """server_close() after serve_forever() ran (and closed it once) can be called again."""
-    log = HookLog()
-    server = getattr(ss, class_name)(LOOPBACK, make_handler(ss, log))
-    with serving(server, POLL):  # closes the server on exit
+    server = server_kind.server(LOOPBACK, recording_handler(server_kind, recorder))
+    with server_kind.serving(server):  # closes the server on exit
         assert tcp_request(server.server_address) == b"echo:ping\n"
     assert server.socket.fileno() == -1
     server.server_close()
@@ -427,37 +450,61 @@ def test_server_close_twice_is_harmless(ss: Any, class_name: str) -> None:
     assert server.socket.fileno() == -1
 
 
-def test_get_request_override_is_honoured(ss: Any) -> None:
+# --- the get_request() override point -----------------------------------------------------
+
+
+@each_kind(
+    stock=True,
+    skip={
+        "prefork-dispatch": "only a socket's fd can be passed to a worker; a wrapped connection "
+        "is refused (test_prefork: test_dispatch_refuses_a_wrapped_connection_...)"
+    },
+)
+def test_get_request_override_connection_reaches_the_handler_and_is_closed_by_the_server(
+    server_kind: Any, recorder: Recorder
+) -> None:
     """The accept path goes through self.get_request(): a wrapped connection (as SSL-wrapping
-    servers do) reaches the handler and is the object shut down and closed."""
-    wrapped: list[Any] = []
+    servers return) reaches the handler and is the object shut down and closed, wherever the
+    kind closes requests."""
 
-    class WrappedConnection:
-        def __init__(self, connection: socket.socket) -> None:
-            self._connection = connection
-            self.closed_by_server = False
-            wrapped.append(self)
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._connection, name)
-
-        def close(self) -> None:
-            self.closed_by_server = True
-            self._connection.close()
-
-    class WrappingServer(ss.TCPServer):
+    class WrappingServer(recording_server_class(server_kind, recorder)):  # type: ignore[misc]
         def get_request(self) -> Any:
             connection, address = super().get_request()
-            return WrappedConnection(connection), address
+            return WrappedConnection(connection, recorder), address
 
-    class Handler(ss.BaseRequestHandler):
+    class Handler(server_kind.module.BaseRequestHandler):  # type: ignore[misc]
         def handle(self) -> None:
             while self.request.recv(65536):
                 pass
             self.request.sendall(type(self.request).__name__.encode())
 
-    server = WrappingServer(LOOPBACK, Handler)
-    with serving(server, POLL):
+    server = server_kind.server(LOOPBACK, Handler, cls=WrappingServer)
+    closing = request_path(server_kind, [*REQUEST_SIDE, *CLOSE])
+    closed_in = {place for place, hooks in closing.items() if "close_request" in hooks}
+    with server_kind.serving(server) as loop:
         assert tcp_request(server.server_address) == b"WrappedConnection"
-        wait_until(lambda: wrapped and wrapped[0].closed_by_server)
-    assert len(wrapped) == 1
+        wait_until(lambda: recorder.where("wrapper closed", loop) == closed_in)
+        workers = server_kind.worker_pids(server)
+    assert recorder.texts().count("wrapper closed") == len(closed_in)
+    if server_kind.prefork:
+        assert recorder.pids("wrapper closed") <= workers
+
+
+@each_kind(stock=True)
+def test_get_request_override_client_address_reaches_the_handler(server_kind: Any) -> None:
+    class TaggingServer(server_kind.server_class()):  # type: ignore[misc]
+        def get_request(self) -> Any:
+            connection, address = super().get_request()
+            return connection, ("tagged", *address)
+
+    class Handler(server_kind.module.BaseRequestHandler):  # type: ignore[misc]
+        def handle(self) -> None:
+            self.request.sendall(repr(self.client_address).encode())
+
+    server = server_kind.server(LOOPBACK, Handler, cls=TaggingServer)
+    with server_kind.serving(server):
+        with socket.create_connection(server.server_address, timeout=5) as client:
+            expected = ("tagged", *client.getsockname())
+            client.shutdown(socket.SHUT_WR)
+            reply = recv_all(client)
+    assert reply == repr(expected).encode()

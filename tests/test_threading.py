@@ -1,9 +1,12 @@
-"""ThreadingMixIn: one thread per request, `daemon_threads`, `block_on_close`, `_threads`.
+"""ThreadingMixIn: one thread per request, `daemon_threads`, `block_on_close`, `_threads`;
+and what every concurrent kind shares with it: requests handled at the same time, and a
+stop that lets a request in progress finish.
 
 The differential tests run against CPython's socketserver and sockherd (the
-`ss` fixture) and must pass identically; they cover spec section G (items
-53-57) and the gaps listed in section Q (`daemon_threads`, `server_close()`
-really waiting for threads).
+`ss` fixture, or `server_kind` with CPython's kinds) and must pass identically; they
+cover spec section G (items 53-57) and the gaps listed in section Q (`daemon_threads`,
+`server_close()` really waiting for threads).  The `server_kind` tests run on the
+thread, fork and prefork kinds alike (server_kinds.py).
 
 The tests at the end are sockherd-only and document deliberate differences:
 `close_timeout` bounds how long `server_close()` waits for a stuck handler,
@@ -23,12 +26,12 @@ from unittest import mock
 
 import pytest
 from conftest import serving, tcp_request, wait_until
+from server_kinds import POLL, Recorder, ServerKind, each_kind, recording_handler, recv_all
 
 import sockherd
 from sockherd.server.threading_mixin import _Threads
 
 LOOPBACK = ("127.0.0.1", 0)
-POLL = 0.05
 WAIT = 5.0  # upper bound for any Event wait; reached only when a test fails
 MIXIN_LOGGER = "sockherd.server.threading_mixin"
 
@@ -92,31 +95,27 @@ def test_handler_does_not_run_in_the_serving_thread(ss: Any) -> None:
     assert threads[0] is not threading.main_thread()
 
 
-def test_handlers_of_two_requests_run_at_the_same_time(ss: Any) -> None:
-    first_started, second_started = threading.Event(), threading.Event()
-    first_saw_second: list[bool] = []
-
-    class Handler(ss.BaseRequestHandler):
-        def handle(self) -> None:
-            if not first_started.is_set():
-                first_started.set()
-                first_saw_second.append(second_started.wait(WAIT))
-            else:
-                second_started.set()
-
-    server = ss.ThreadingTCPServer(LOOPBACK, Handler)
-    try:
+@each_kind(stock=True, skip={"sync": "a synchronous server handles one request at a time"})
+def test_two_requests_are_handled_at_the_same_time(
+    server_kind: ServerKind, recorder: Recorder
+) -> None:
+    """Two requests, each handler waiting for its own client: both are inside handle() at
+    once, in two threads, two forked children or two workers; never in the serving thread."""
+    server = server_kind.server(LOOPBACK, recording_handler(server_kind, recorder), workers=2)
+    with server_kind.serving(server) as loop:
         with (
-            socket.create_connection(server.server_address),
-            socket.create_connection(server.server_address),
+            socket.create_connection(server.server_address, timeout=5) as first,
+            socket.create_connection(server.server_address, timeout=5) as second,
         ):
-            server.handle_request()
-            assert first_started.wait(WAIT)
-            server.handle_request()  # the first handler is still blocked in its own thread
-            assert second_started.wait(WAIT)
-    finally:
-        server.server_close()
-    assert first_saw_second == [True]
+            wait_until(lambda: recorder.texts().count("handle") == 2)
+            for client in (first, second):
+                client.sendall(b"both")
+                client.shutdown(socket.SHUT_WR)
+            replies = [recv_all(first), recv_all(second)]
+    assert replies == [b"echo:both", b"echo:both"]
+    handled_by = [(pid, ident) for pid, ident, text in recorder.entries() if text == "handle"]
+    assert len(set(handled_by)) == 2
+    assert recorder.where("handle", loop) == {server_kind.handler_place} != {"loop"}
 
 
 # --- daemon_threads ----------------------------------------------------------------------
@@ -149,31 +148,45 @@ def test_block_on_close_defaults_to_true(ss: Any) -> None:
     assert ss.ThreadingMixIn.block_on_close is True
 
 
-def test_server_close_waits_for_a_running_handler_when_block_on_close(ss: Any) -> None:
-    started, release, closed = threading.Event(), threading.Event(), threading.Event()
-    threads: list[threading.Thread] = []
-    done: list[bool] = []
-    server = ss.ThreadingTCPServer(LOOPBACK, _blocking_handler(ss, threads, started, release, done))
+@each_kind(stock=True, skip={"sync": "its handler runs in the very loop shutdown() waits for"})
+def test_stopping_lets_a_request_in_progress_finish(
+    server_kind: ServerKind, recorder: Recorder
+) -> None:
+    """shutdown() then server_close() while a handler runs: the stop does not complete before
+    the handler does (server_close() waits for request threads and children, block_on_close;
+    a pool's shutdown() drains its workers), and the client gets its whole reply."""
+    server = server_kind.server(
+        LOOPBACK, recording_handler(server_kind, recorder), graceful_timeout=30.0
+    )
+    loop = threading.Thread(target=server.serve_forever, args=(POLL,), name="serve_forever")
+    loop.start()
 
-    def close() -> None:
+    def stop() -> None:
+        server.shutdown()
         server.server_close()
-        closed.set()
 
-    closer = threading.Thread(target=close, name="closer")
-    with socket.create_connection(server.server_address):
-        server.handle_request()
-        assert started.wait(WAIT)
-        closer.start()
-        try:
-            wait_until(lambda: server.socket.fileno() == -1)  # server_close() is under way
-            assert not closed.wait(0.2), "server_close() returned while a handler was running"
-            assert threads[0].is_alive()
-        finally:
-            release.set()
-            closer.join(WAIT)
-    assert closed.is_set()
-    assert done == [True]
-    assert not threads[0].is_alive()
+    stopper = threading.Thread(target=stop, name="stop")
+    try:
+        server_kind.wait_ready(server)
+        with socket.create_connection(server.server_address, timeout=5) as client:
+            client.sendall(b"half")
+            wait_until(lambda: "handle" in recorder.texts())
+            stopper.start()
+            wait_until(lambda: server_kind.stopping(server))
+            assert stopper.is_alive()  # the handler cannot end before the client's EOF
+            client.sendall(b"-and-the-rest")
+            client.shutdown(socket.SHUT_WR)
+            reply = recv_all(client)
+        stopper.join(10)
+        assert not stopper.is_alive()
+    finally:
+        if stopper.ident is None:
+            stop()
+        stopper.join(10)
+        loop.join(10)
+        server.server_close()
+    assert reply == b"echo:half-and-the-rest"
+    assert recorder.texts().count("finish") == 1
 
 
 def test_server_close_does_not_track_or_wait_for_threads_without_block_on_close(ss: Any) -> None:
