@@ -3,7 +3,9 @@
 Names, `__all__`, class attributes and their defaults, method signatures, the class
 hierarchy and MRO, lazily created per-instance state, import side effects, and the
 constructor paths CPython's own suite exercises (test_close_immediately,
-test_tcpserver_bind_leak, test_logging's ControlMixin).
+test_tcpserver_bind_leak, test_logging's ControlMixin).  The `Prefork*Server` classes
+are held to their socket server's stock surface; the construction paths run on every
+server kind (`server_kind`, server_kinds.py), CPython's too.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import tcp_request
+from conftest import child_processes, tcp_request
+from server_kinds import Recorder, ServerKind, each_kind, recording_handler
 
 import sockherd
 
@@ -65,6 +68,10 @@ if HAS_FORK:
     SOCKHERD_EXTRA_NAMES += ["PreforkMixIn", "PreforkTCPServer", "PreforkUDPServer"]
     if hasattr(socket, "AF_UNIX"):
         SOCKHERD_EXTRA_NAMES += ["PreforkUnixStreamServer", "PreforkUnixDatagramServer"]
+# Each prefork class and the stock socket server whose surface it keeps.
+PREFORK_COUNTERPARTS = {
+    name: name.removeprefix("Prefork") for name in SOCKHERD_EXTRA_NAMES if name.endswith("Server")
+}
 # The predefined mix-in + socket server combinations.
 COMBINATIONS = [
     name
@@ -105,7 +112,9 @@ RELIED_ON_DUNDER_METHODS = ("__init__", "__enter__", "__exit__")
 
 @functools.cache
 def _stock_class(name: str) -> type:
-    """Stock's class `name`; on 3.11 the 3.12 Forking Unix classes are built as 3.12 does."""
+    """Stock's class `name`; on 3.11 the 3.12 Forking Unix classes are built as 3.12 does.
+    For a prefork class, the stock socket server it extends."""
+    name = PREFORK_COUNTERPARTS.get(name, name)
     if hasattr(stock, name):
         return getattr(stock, name)
     socket_server = name.removeprefix("Forking")
@@ -194,7 +203,7 @@ def test_sockherd_extras_are_an_oserror_and_a_function():
 # --- class attributes ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", CPYTHON_313_ALL)
+@pytest.mark.parametrize("name", CPYTHON_313_ALL + list(PREFORK_COUNTERPARTS))
 def test_class_has_stock_public_attributes_with_stock_defaults(name):
     ours = _public_data_attributes(getattr(sockherd, name))
     theirs = _public_data_attributes(_stock_class(name))
@@ -207,10 +216,13 @@ def test_class_has_stock_public_attributes_with_stock_defaults(name):
             type(value),
             value,
         )
-    assert set(ours) - set(theirs) <= SOCKHERD_EXTRA_ATTRIBUTES
+    extras = SOCKHERD_EXTRA_ATTRIBUTES
+    if name in PREFORK_COUNTERPARTS:  # a pool's settings are class attributes too
+        extras = extras | set(_public_data_attributes(sockherd.PreforkMixIn))
+    assert set(ours) - set(theirs) <= extras
 
 
-@pytest.mark.parametrize("name", SOCKET_SERVERS)
+@pytest.mark.parametrize("name", SOCKET_SERVERS + list(PREFORK_COUNTERPARTS))
 def test_request_queue_size_defaults_to_somaxconn_where_stock_uses_5(name):
     assert _stock_class(name).request_queue_size == 5
     assert getattr(sockherd, name).request_queue_size == getattr(socket, "SOMAXCONN", 5)
@@ -265,12 +277,15 @@ def test_class_has_the_same_method_names_as_stock(name):
     assert ours - SOCKHERD_EXTRA_METHODS == _method_names(_stock_class(name))
 
 
-@pytest.mark.parametrize("name", CPYTHON_313_ALL)
+@pytest.mark.parametrize("name", CPYTHON_313_ALL + list(PREFORK_COUNTERPARTS))
 def test_methods_have_stock_signatures(name):
+    """Every stock method keeps its signature; a prefork class's __init__ adds keyword
+    settings (see test_prefork_constructor_extends_the_stock_one_with_keyword_settings_only)."""
     ours, theirs = getattr(sockherd, name), _stock_class(name)
-    method_names = sorted(_method_names(theirs)) + [
-        dunder for dunder in RELIED_ON_DUNDER_METHODS if dunder in dir(theirs)
-    ]
+    dunders = [dunder for dunder in RELIED_ON_DUNDER_METHODS if dunder in dir(theirs)]
+    if name in PREFORK_COUNTERPARTS:
+        dunders.remove("__init__")
+    method_names = sorted(_method_names(theirs)) + dunders
     for method in method_names:
         if getattr(theirs, method) is object.__init__:
             assert getattr(ours, method) is object.__init__, method
@@ -279,6 +294,16 @@ def test_methods_have_stock_signatures(name):
             method,
             _signature_without_annotations(getattr(theirs, method)),
         )
+
+
+@pytest.mark.parametrize("name", list(PREFORK_COUNTERPARTS))
+def test_prefork_constructor_extends_the_stock_one_with_keyword_settings_only(name):
+    ours = list(
+        _signature_without_annotations(getattr(sockherd, name).__init__).parameters.values()
+    )
+    theirs = list(_signature_without_annotations(_stock_class(name).__init__).parameters.values())
+    assert ours[: len(theirs)] == theirs
+    assert [parameter.kind for parameter in ours[len(theirs) :]] == [inspect.Parameter.VAR_KEYWORD]
 
 
 def test_process_request_thread_signature_matches_stock():
@@ -324,8 +349,19 @@ def test_combination_mro_matches_stock_with_mixin_first(name):
     assert all(cls.__module__ == "sockherd" for cls in ours[:-1])  # none of stock's classes
 
 
+@pytest.mark.parametrize("name", list(PREFORK_COUNTERPARTS))
+def test_prefork_class_is_its_socket_server_with_the_mixin_first(name):
+    cls = getattr(sockherd, name)
+    assert issubclass(cls, getattr(sockherd, PREFORK_COUNTERPARTS[name]))
+    assert cls.__mro__[1] is sockherd.PreforkMixIn
+    if name == "PreforkUnixDatagramServer":
+        assert issubclass(cls, sockherd.UDPServer)
+        assert not issubclass(cls, sockherd.UnixStreamServer)
+
+
 def test_mixins_define_no_init():
-    mixins = [sockherd.ThreadingMixIn] + ([sockherd.ForkingMixIn] if HAS_FORK else [])
+    mixins = [sockherd.ThreadingMixIn]
+    mixins += [sockherd.ForkingMixIn, sockherd.PreforkMixIn] if HAS_FORK else []
     assert [mixin for mixin in mixins if "__init__" in vars(mixin)] == []
 
 
@@ -374,11 +410,14 @@ class ControlMixin:
         self.ready.clear()
 
 
-def _control_server_class(ss, base_name):
-    base = getattr(ss, base_name)
-    stream = issubclass(base, ss.TCPServer) and base.socket_type == socket.SOCK_STREAM
+def _control_server_class(kind: ServerKind, transport: str) -> type:
+    """test_logging's server classes: ControlMixin first, then the kind's class, configured
+    by class attributes (a pool's settings too: this __init__ passes none)."""
+    base = kind.server_class(transport)
+    module = kind.module
+    stream = base.socket_type == socket.SOCK_STREAM
 
-    class Delegating(ss.StreamRequestHandler if stream else ss.DatagramRequestHandler):
+    class Delegating(module.StreamRequestHandler if stream else module.DatagramRequestHandler):
         def handle(self):
             self.server._handler(self)
 
@@ -391,6 +430,8 @@ def _control_server_class(ss, base_name):
             super().server_bind()
             self.port = self.socket.getsockname()[1]
 
+    for name, value in kind.class_settings().items():
+        setattr(ControlServer, name, value)
     return ControlServer
 
 
@@ -398,11 +439,9 @@ def _upper_line(request):
     request.wfile.write(request.rfile.readline().upper())
 
 
-@pytest.mark.parametrize(
-    "base_name", ["ThreadingTCPServer"] + (["ForkingTCPServer"] if HAS_FORK else [])
-)
-def test_control_mixin_calling_base_init_directly_serves_tcp(ss, base_name):
-    server = _control_server_class(ss, base_name)((HOST, 0), _upper_line, 0.05)
+@each_kind(stock=True)
+def test_control_mixin_calling_base_init_directly_serves_tcp(server_kind):
+    server = _control_server_class(server_kind, "TCP")((HOST, 0), _upper_line, 0.05)
     server.start()
     try:
         assert server.ready.wait(5)
@@ -412,8 +451,9 @@ def test_control_mixin_calling_base_init_directly_serves_tcp(ss, base_name):
     assert server.socket.fileno() == -1
 
 
-def test_control_mixin_calling_base_init_directly_serves_udp(ss):
-    server = _control_server_class(ss, "ThreadingUDPServer")((HOST, 0), _upper_line, 0.05)
+@each_kind(stock=True)
+def test_control_mixin_calling_base_init_directly_serves_udp(server_kind):
+    server = _control_server_class(server_kind, "UDP")((HOST, 0), _upper_line, 0.05)
     server.start()
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
@@ -424,21 +464,41 @@ def test_control_mixin_calling_base_init_directly_serves_udp(ss):
         server.stop()
 
 
+def _composed_class(kind: ServerKind) -> type:
+    """A user's own class: the kind's mix-in (none for sync) and TCPServer, configured by
+    class attributes."""
+    bases = (kind.mixin, kind.module.TCPServer) if kind.mixin else (kind.module.TCPServer,)
+    return type("MyServer", bases, kind.class_settings())
+
+
+@each_kind(stock=True)
+def test_user_composed_class_serves_where_its_mixin_handles_requests(
+    server_kind: ServerKind, recorder: Recorder
+) -> None:
+    """class MyServer(XMixIn, TCPServer): the mix-in's process_request is the one that runs,
+    so the handler runs in a thread, a forked child or a pool's worker."""
+    server = _composed_class(server_kind)((HOST, 0), recording_handler(server_kind, recorder))
+    with server_kind.serving(server) as loop:
+        assert tcp_request(server.server_address) == b"echo:ping\n"
+        workers = server_kind.worker_pids(server)
+    assert recorder.where("handle", loop) == {server_kind.handler_place}
+    if server_kind.prefork:
+        assert recorder.pids("handle") == workers
+
+
 # --- construction and close --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "name", ["ThreadingTCPServer", "UserMixIn"] + (["ForkingTCPServer"] if HAS_FORK else [])
-)
-def test_server_close_works_on_a_server_that_never_served(ss, name):
-    """test_close_immediately: the handler class is a lambda and nothing was ever served."""
-    if name == "UserMixIn":
-        cls = type("MyServer", (ss.ThreadingMixIn, ss.TCPServer), {})
-    else:
-        cls = getattr(ss, name)
+@pytest.mark.parametrize("composed", [False, True], ids=["predefined", "composed"])
+@each_kind(stock=True)
+def test_server_close_works_on_a_server_that_never_served(server_kind, composed):
+    """test_close_immediately: the handler class is a lambda and nothing was ever served;
+    nothing was forked either."""
+    cls = _composed_class(server_kind) if composed else server_kind.server_class()
     server = cls((HOST, 0), lambda *args: None)
     server.server_close()
     assert server.socket.fileno() == -1
+    assert child_processes() == set()
 
 
 def test_tcp_server_without_bind_and_activate_creates_unbound_socket(ss):
@@ -454,9 +514,15 @@ def test_tcp_server_without_bind_and_activate_creates_unbound_socket(ss):
         server.server_close()
 
 
-def test_tcp_server_binds_and_listens_when_asked_after_construction(ss):
-    server = ss.TCPServer((HOST, 0), ss.StreamRequestHandler, bind_and_activate=False)
+@each_kind(stock=True)
+def test_server_binds_and_listens_when_asked_after_construction(
+    server_kind: ServerKind, recorder: Recorder
+) -> None:
+    server = server_kind.server(
+        (HOST, 0), recording_handler(server_kind, recorder), bind_and_activate=False
+    )
     try:
+        assert server.socket.getsockname() == ("0.0.0.0", 0)
         server.allow_reuse_address = True  # read at bind time, per instance
         server.server_bind()
         server.server_activate()
@@ -464,23 +530,28 @@ def test_tcp_server_binds_and_listens_when_asked_after_construction(ss):
         assert server.server_address == server.socket.getsockname()
         assert server.server_address[1] != 0
         assert server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
-    finally:
+    except BaseException:
         server.server_close()
+        raise
+    with server_kind.serving(server):
+        assert tcp_request(server.server_address) == b"echo:ping\n"
 
 
-def test_failed_bind_closes_socket_over_1024_constructions(ss):
+@each_kind(stock=True)
+def test_failed_bind_closes_socket_over_1024_constructions(server_kind: ServerKind) -> None:
     """test_tcpserver_bind_leak (Issue #22435), with every failed server kept alive.
 
     The exceptions' tracebacks keep each half-built server (and its socket) referenced,
-    so only an explicit close in `__init__` keeps the fd count flat.
+    so only an explicit close in `__init__` keeps the fd count flat; and nothing forks.
     """
     fds_before = _open_fd_count()
     errors = []
     for _ in range(1024):
         with pytest.raises(OverflowError) as caught:
-            ss.TCPServer((HOST, -1), ss.StreamRequestHandler)
+            server_kind.server((HOST, -1), server_kind.module.StreamRequestHandler)
         errors.append(caught.value)
     assert _open_fd_count() <= fds_before
+    assert child_processes() == set()
     del errors
 
 
