@@ -8,15 +8,20 @@ import socketserver
 import tempfile
 
 import pytest
+from conftest import child_processes
+from server_kinds import ServerKind, each_kind
 
 import sockherd
 
 
-def test_port_in_use_says_which_port_and_what_to_do():
+@each_kind()
+def test_port_in_use_says_which_port_and_what_to_do(server_kind: ServerKind) -> None:
+    """At construction, before anything forks (a pool's workers included)."""
     with sockherd.TCPServer(("127.0.0.1", 0), sockherd.BaseRequestHandler) as first:
         port = first.server_address[1]
         with pytest.raises(sockherd.BindError) as caught:
-            sockherd.TCPServer(("127.0.0.1", port), sockherd.BaseRequestHandler)
+            server_kind.server(("127.0.0.1", port), sockherd.BaseRequestHandler, workers=2)
+        assert child_processes() == set()
     assert caught.value.errno == errno.EADDRINUSE
     assert f"127.0.0.1 port {port}" in str(caught.value)
     assert "already in use" in str(caught.value)
