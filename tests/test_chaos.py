@@ -262,7 +262,7 @@ def run_chaos(handoff: str, seconds: float, control: str) -> None:
         left_zombies = zombies(pid)
         metrics = running.scrape()
         assert running.stop() == 0
-        log = running.log()
+        log = running.log
 
     counted = metric_value(metrics, "sockherd_requests_total") - warm.sent
     aborted = metric_value(metrics, "sockherd_requests_total", outcome="aborted")

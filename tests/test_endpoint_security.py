@@ -28,7 +28,7 @@ import psutil
 import pytest
 from conftest import metrics_endpoint, serving, tcp_request, wait_for_line, wait_until
 from prefork_handlers import Commands
-from scenario import UNPRIVILEGED_UID, Scenario, unprivileged_user_exists
+from server_process import ServerProcess, unprivileged_uid
 
 import sockherd
 from sockherd.metrics import endpoint as endpoint_module
@@ -38,15 +38,15 @@ USER, PASSWORD = "scraper", "s3cret-Pa55word-xyz"
 
 
 needs_root = pytest.mark.skipif(
-    os.geteuid() != 0 or not unprivileged_user_exists() or not hasattr(socket, "SO_PEERCRED"),
-    reason=f"needs root, a uid {UNPRIVILEGED_UID} to become, and SO_PEERCRED (Linux)",
+    os.geteuid() != 0 or not hasattr(socket, "SO_PEERCRED"),
+    reason="needs root (to connect as another uid) and SO_PEERCRED (Linux)",
 )
 
 
 # --- the control socket -----------------------------------------------------------------
 
 SUPERVISOR = """
-class Server(ReportMetricsPort, sockherd.PreforkTCPServer):
+class Server(ReportReady, sockherd.PreforkTCPServer):
     pass
 
 server = Server(("127.0.0.1", 0), prefork_handlers.Commands, workers=1, control_socket=CONTROL)
@@ -112,10 +112,11 @@ def connect_as(uid: int, path: str, line: bytes, timeout: float = 15.0) -> str:
 @needs_root
 def test_control_socket_is_0600_so_other_users_cannot_even_connect(shared_directory):
     control = os.path.join(shared_directory, "control.sock")
-    with Scenario(SUPERVISOR.replace("CONTROL", repr(control))) as run:
+    uid = unprivileged_uid()
+    with ServerProcess(SUPERVISOR.replace("CONTROL", repr(control))) as run:
         mode = os.stat(control).st_mode
-        outcome = connect_as(UNPRIVILEGED_UID, control, b"status\n")
-        print(f"\ncontrol socket mode {stat.filemode(mode)}; uid {UNPRIVILEGED_UID}: {outcome}")
+        outcome = connect_as(uid, control, b"status\n")
+        print(f"\ncontrol socket mode {stat.filemode(mode)}; uid {uid}: {outcome}")
         assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
         assert outcome == "error EACCES"
         from sockherd.supervisor.control import send_command
@@ -132,23 +133,24 @@ def test_another_uid_is_refused_by_peer_credentials_even_on_a_world_writable_soc
     from sockherd.supervisor.control import send_command
 
     control = os.path.join(shared_directory, "control.sock")
-    with Scenario(SUPERVISOR.replace("CONTROL", repr(control))) as run:
-        address = tuple(run.info["address"])
+    uid = unprivileged_uid()
+    with ServerProcess(SUPERVISOR.replace("CONTROL", repr(control))) as run:
+        address = run.address
         os.chmod(control, 0o666)  # an operator's mistake: now only SO_PEERCRED stands guard
-        outcome = connect_as(UNPRIVILEGED_UID, control, b"stop\n")
+        outcome = connect_as(uid, control, b"stop\n")
         logged = run.wait_for("refused a client")
         status = send_command(control, "status")
         reply = tcp_request(address, b"echo still serving\n")
         assert run.stop() == 0
-    print(f"\nuid {UNPRIVILEGED_UID} on a 0666 control socket: {outcome!r}; logged: {logged!r}")
+    print(f"\nuid {uid} on a 0666 control socket: {outcome!r}; logged: {logged!r}")
     kind, _, body = outcome.partition(" ")
     assert kind == "reply"
     answer = json.loads(body)
     assert answer["ok"] is False
     assert answer["error"].startswith(
-        f"permission denied: uid {UNPRIVILEGED_UID} may not control this supervisor"
+        f"permission denied: uid {uid} may not control this supervisor"
     )
-    assert f"refused a client running as uid {UNPRIVILEGED_UID}" in logged
+    assert f"refused a client running as uid {uid}" in logged
     assert run.log.count("refused a client") == 1
     assert status["ok"] is True and len(status["workers"]) == 1  # the "stop" was not obeyed
     assert reply.endswith(b"still serving\n")

@@ -2,9 +2,10 @@
 logs one warning per episode, counts every failure in the metrics, and recovers by itself.
 
 The faults are real, not simulated: fork() fails with EAGAIN because the server runs as an
-unprivileged user (uid 1000) whose RLIMIT_NPROC is lowered to 1 (root is exempt from that
-limit), and EMFILE comes from lowering the supervisor's RLIMIT_NOFILE to its lowest free
-fd.  The server changes its own limits when the test tells it to (`Scenario.command`: a
+unprivileged uid that no user or process has (`unprivileged_uid()`), whose RLIMIT_NPROC is
+lowered to 1 (root is exempt from that limit), and EMFILE comes from lowering the
+supervisor's RLIMIT_NOFILE to its lowest free fd.  The server changes its own limits when
+the test tells it to (`ServerProcess.command`: a
 line on its stdin, applied in its serve loop and acknowledged in its log), so each episode
 starts and ends while the server runs.  (The EMFILE handling of a plain server's
 accept loop is tested in test_accept_errors.py; this file covers what a prefork supervisor
@@ -25,11 +26,10 @@ import psutil
 import pytest
 from conftest import wait_until
 from prometheus_client.parser import text_string_to_metric_families
-from scenario import UNPRIVILEGED_UID, Scenario, unprivileged_user_exists
+from server_process import ServerProcess, unprivileged_uid
 
 needs_root = pytest.mark.skipif(
-    os.geteuid() != 0 or not unprivileged_user_exists(),
-    reason=f"needs root (to run the server as uid {UNPRIVILEGED_UID} and change its limits)",
+    os.geteuid() != 0, reason="needs root (to run the server as another uid and change its limits)"
 )
 linux_only = pytest.mark.skipif(
     not os.path.isdir("/proc/self/fd") or not hasattr(resource, "RLIMIT_NPROC"),
@@ -93,7 +93,7 @@ def pipe_fds(pid: int) -> int:
 # --- fork() fails: EAGAIN at the process limit --------------------------------------------
 
 FORKING_SERVER = """
-class Server(LimitCommands, ReportMetricsPort, sockherd.ForkingTCPServer):
+class Server(LimitCommands, ReportReady, sockherd.ForkingTCPServer):
     pass
 
 server = Server(("127.0.0.1", 0), prefork_handlers.Commands)
@@ -108,10 +108,10 @@ with server:
 
 def test_forking_server_closes_connections_while_fork_fails_logs_once_and_recovers():
     attempts = 5
-    with Scenario(FORKING_SERVER.replace("UID", str(UNPRIVILEGED_UID))) as run:
-        address, port = tuple(run.info["address"]), run.info["metrics"]
+    with ServerProcess(FORKING_SERVER.replace("UID", str(unprivileged_uid()))) as run:
+        address, port = run.address, run.metrics_port
         assert ask(address, "echo before").endswith(" before\n")
-        run.command("nproc 1")  # uid 1000 may fork no more
+        run.command("nproc 1")  # its uid may fork no more
         replies = [ask(address, f"echo refused {index}") for index in range(attempts)]
         warning = run.wait_for("fork failed")
         during = scrape(port)  # the loop itself keeps serving: the endpoint needs no fork
@@ -141,7 +141,7 @@ def test_forking_server_closes_connections_while_fork_fails_logs_once_and_recove
 
 
 PREFORK_WITHOUT_FORKS = """
-class Server(LimitCommands, ReportMetricsPort, sockherd.PreforkTCPServer):
+class Server(LimitCommands, ReportReady, sockherd.PreforkTCPServer):
     pass
 
 server = Server(("127.0.0.1", 0), prefork_handlers.Commands, workers=2, handoff="accept")
@@ -156,8 +156,8 @@ with server:
 
 
 def test_prefork_retries_a_failed_worker_spawn_with_back_off_and_leaks_nothing():
-    with Scenario(PREFORK_WITHOUT_FORKS.replace("UID", str(UNPRIVILEGED_UID))) as run:
-        address, port = tuple(run.info["address"]), run.info["metrics"]
+    with ServerProcess(PREFORK_WITHOUT_FORKS.replace("UID", str(unprivileged_uid()))) as run:
+        address, port = run.address, run.metrics_port
         warning = run.wait_for("fork of a worker failed")
 
         def failures() -> float:
@@ -195,7 +195,7 @@ def test_prefork_retries_a_failed_worker_spawn_with_back_off_and_leaks_nothing()
 # --- the fd table is full: EMFILE in the supervisor ----------------------------------------
 
 PREFORK_DISPATCH = """
-class Server(LimitCommands, ReportMetricsPort, sockherd.PreforkTCPServer):
+class Server(LimitCommands, ReportReady, sockherd.PreforkTCPServer):
     pass
 
 server = Server(
@@ -213,8 +213,8 @@ def test_prefork_supervisor_out_of_fds_pauses_each_listener_once_and_recovers(tm
     from sockherd.supervisor.control import send_command
 
     control = str(tmp_path / "control.sock")
-    with Scenario(PREFORK_DISPATCH.replace("CONTROL", repr(control))) as run:
-        address, port = tuple(run.info["address"]), run.info["metrics"]
+    with ServerProcess(PREFORK_DISPATCH.replace("CONTROL", repr(control))) as run:
+        address, port = run.address, run.metrics_port
         scrape_when(port, "sockherd_workers", 2, state="idle")
         assert ask(address, "echo before").endswith(" before\n")
         run.command("nofile full")

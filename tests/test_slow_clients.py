@@ -135,7 +135,7 @@ def test_slowloris_clients_cannot_starve_a_normal_client(mode):
 
         wait_until(lambda: counted() >= len(attack.cut_off))
         assert running.stop() == 0
-        log = running.log()
+        log = running.log
 
     worst = max(latencies)
     waves = 0 if concurrency == math.inf else math.ceil(ATTACKERS / concurrency)
