@@ -319,22 +319,17 @@ def recording_handler(kind: ServerKind, recorder: Recorder) -> type:
 
 
 def recording_server_class(
-    kind: ServerKind,
-    recorder: Recorder,
-    *,
-    service_actions: bool = False,
-    base: type | None = None,
-    **attributes: Any,
+    kind: ServerKind, recorder: Recorder, *, service_actions: bool = False, **attributes: Any
 ) -> type:
-    """A subclass of the kind's TCP class (or `base`) whose request hooks record themselves,
-    then call super(); `attributes` are set on the class (e.g. a verify_request override).
+    """A subclass of the kind's TCP class whose request hooks record themselves, then call
+    super(); `attributes` are set on the class (e.g. a verify_request override).
 
     get_request is recorded once it has returned a connection: in accept mode a worker's
     accept() times out every heartbeat, which is not a request.  service_actions is
     recorded only when asked, as it runs every poll_interval.
     """
 
-    class RecordingServer(base or kind.server_class()):  # type: ignore[misc]
+    class RecordingServer(kind.server_class()):  # type: ignore[misc]
         def get_request(self) -> Any:
             result = super().get_request()
             recorder.add("get_request")
@@ -413,7 +408,3 @@ def request_path(kind: ServerKind, handler_side: list[str]) -> dict[str, list[st
     if kind.handoff == "accept":
         return {"child": [*accepted, *handler_side]}
     return {"loop": [*accepted, "process_request", "close_request"], "child": handler_side}
-
-
-def socket_family(transport: str) -> int:
-    return socket.AF_UNIX if transport.startswith("Unix") else socket.AF_INET
