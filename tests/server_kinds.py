@@ -259,10 +259,18 @@ class Recorder:
         return "loop" if ident == loop.ident else "thread"
 
     def by_place(self, loop: threading.Thread) -> dict[str, list[str]]:
-        """What each place recorded, in order; `loop` is the thread serve_forever() ran in."""
-        result: dict[str, list[str]] = {}
+        """What each place recorded; `loop` is the thread serve_forever() ran in.
+
+        A place's list is what each thread or process in it recorded, in order, one after
+        the other in the order they began: two request threads (or children) may overlap
+        in time, one closing its request while the next begins, but each runs its own part
+        of the path in order."""
+        by_actor: dict[tuple[int, int], list[str]] = {}
         for pid, ident, text in self.entries():
-            result.setdefault(self.place(pid, ident, loop), []).append(text)
+            by_actor.setdefault((pid, ident), []).append(text)
+        result: dict[str, list[str]] = {}
+        for (pid, ident), texts in by_actor.items():
+            result.setdefault(self.place(pid, ident, loop), []).extend(texts)
         return result
 
     def where(self, text: str, loop: threading.Thread) -> set[str]:
