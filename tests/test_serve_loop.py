@@ -196,10 +196,13 @@ def test_shutdown_called_before_serve_forever_makes_it_return_at_once(
     server_kind: ServerKind, caplog: pytest.LogCaptureFixture
 ) -> None:
     """After an early shutdown(), serve_forever() returns without running the loop, whatever
-    poll_interval (and a pool's heartbeat) is, leaving no child behind (a pool's workers are
-    stopped, and reported as stopped, not failed)."""
+    poll_interval is, leaving no child behind (a pool with the default heartbeat stops the
+    workers it had started, and reports them as stopped, not failed)."""
     server = server_kind.server(
-        LOOPBACK, server_kind.module.StreamRequestHandler, workers=2, heartbeat_interval=NEVER
+        LOOPBACK,
+        server_kind.module.StreamRequestHandler,
+        workers=2,
+        heartbeat_interval=DEFAULT_HEARTBEAT,
     )
     left_behind: list[set[int]] = []
 
