@@ -108,8 +108,8 @@ KINDS = ["sync", "thread", "fork", "prefork-accept", "prefork-dispatch"]
 
 @pytest.fixture(params=KINDS)
 def server_kind(request: pytest.FixtureRequest) -> Any:
-    """A `server_kinds.ServerKind`: by default each sockherd kind in turn; a test picks others
-    (CPython's, or some skipped with a reason) with `server_kinds.each_kind()`."""
+    """A `server_kinds.ServerKind`: by default each sockherd kind in turn; a test adds CPython's
+    or skips some, with a reason, through `server_kinds.each_kind()`."""
     from server_kinds import KIND  # server_kinds imports this module
 
     return KIND[request.param]

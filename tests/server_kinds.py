@@ -16,11 +16,12 @@ hooks run is what tells them apart:
                     passing the connection over SCM_RIGHTS to a worker.
 
 `stock-sync`, `stock-thread` and `stock-fork` are CPython's socketserver in those roles.
-A differential test runs them too (`each_kind(stock=True)`) and expects the same.
+A differential test runs some of them too (`each_kind(stock=("sync",))`, the models whose
+stock behaviour it pins down) and expects the same.
 
 The `server_kind` fixture (conftest) runs a test over the five sockherd kinds;
-`each_kind()` overrides that list for one test: adding the stock kinds, and marking
-the kinds a behaviour does not apply to as skipped, with the reason.
+`each_kind()` overrides that list for one test: adding stock kinds, and marking the
+kinds a behaviour does not apply to as skipped, with the reason.
 
 Hooks may run in another thread or process, so tests record through a `Recorder`: a
 pipe made before any fork, each line tagged with the pid and thread that wrote it, so
@@ -36,7 +37,7 @@ import socket
 import socketserver as stock_socketserver
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +46,6 @@ from conftest import KINDS, serving, wait_until
 
 import sockherd
 
-STOCK_KINDS = ["stock-sync", "stock-thread", "stock-fork"]
 POLL = 0.05  # small, so stock socketserver's shutdown() does not slow the suite down
 FAST_HEARTBEAT = 0.05  # idle accept-mode workers notice a stop this fast
 DEFAULT_HEARTBEAT = sockherd.PreforkMixIn.heartbeat_interval
@@ -198,14 +198,17 @@ KIND = {
 }
 
 
-def each_kind(*, stock: bool = False, skip: Mapping[str, str] | None = None) -> Any:
-    """Run the test over every sockherd kind, and CPython's with `stock`.
+def each_kind(
+    *, stock: Collection[str] = (), skip: Mapping[str, str] | None = None
+) -> pytest.MarkDecorator:
+    """Run the test over every sockherd kind, and over CPython's kinds of the models named in
+    `stock` ("sync", "thread", "fork"): the differential reference, expected to pass alike.
 
     `skip` maps a label (a kind's name, its model such as "sync" or "prefork", or
     "stock") to the reason the behaviour does not apply to the kinds it names; those
     kinds are reported as skipped with that reason.
     """
-    names = KINDS + (STOCK_KINDS if stock else [])
+    names = KINDS + [f"stock-{model}" for model in stock]
     params = []
     for name in names:
         reason = next((why for key, why in (skip or {}).items() if key in KIND[name].labels), None)

@@ -2,9 +2,9 @@
 
 The BaseRequestHandler tests instantiate handlers directly or call `handle_request()`
 inline (`ss`).  The stream, datagram and Unix-domain tests run on every server kind
-(`server_kind`, server_kinds.py), CPython's too: the handler may run in a thread, a
-forked child or a pool's worker, so it reports what it saw in its reply, and the
-client checks it.
+(`server_kind`, server_kinds.py) and on CPython's synchronous servers: the handler may
+run in a thread, a forked child or a pool's worker, so it reports what it saw in its
+reply, and the client checks it.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def test_base_handler_exception_reaches_server_handle_error_after_finish(ss):
 # --- StreamRequestHandler --------------------------------------------------------------
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_stream_wfile_is_the_unbuffered_socket_writer_of_the_connection(
     server_kind: ServerKind,
 ) -> None:
@@ -163,7 +163,7 @@ def test_stream_wfile_is_the_unbuffered_socket_writer_of_the_connection(
     assert seen_in(reply) == ("_SocketWriter", True, True, True, True)
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_stream_wfile_write_returns_the_byte_count_of_a_non_byte_buffer(
     server_kind: ServerKind,
 ) -> None:
@@ -178,7 +178,7 @@ def test_stream_wfile_write_returns_the_byte_count_of_a_non_byte_buffer(
     assert serve_one(server_kind, Handler) == expected
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_stream_wfile_write_sends_a_large_payload_in_full(server_kind: ServerKind) -> None:
     payload = os.urandom(1024) * 4096  # 4 MiB, far more than the socket buffers hold
 
@@ -190,7 +190,7 @@ def test_stream_wfile_write_sends_a_large_payload_in_full(server_kind: ServerKin
     assert serve_one(server_kind, Handler) == payload + b"|%d" % len(payload)
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_stream_wfile_sends_without_flush(server_kind: ServerKind, recorder: Recorder) -> None:
     class Handler(server_kind.module.StreamRequestHandler):  # type: ignore[misc]
         def handle(self) -> None:
@@ -208,7 +208,7 @@ def test_stream_wfile_sends_without_flush(server_kind: ServerKind, recorder: Rec
     assert arrived_before_finish == b"hello"
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_stream_wbufsize_minus_one_buffers_until_finish(
     server_kind: ServerKind, recorder: Recorder
 ) -> None:
@@ -234,7 +234,7 @@ def test_stream_wbufsize_minus_one_buffers_until_finish(
     assert received == b"buffered"
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_stream_rfile_is_buffered_by_default(server_kind: ServerKind) -> None:
     class Handler(server_kind.module.StreamRequestHandler):  # type: ignore[misc]
         def handle(self) -> None:
@@ -244,7 +244,7 @@ def test_stream_rfile_is_buffered_by_default(server_kind: ServerKind) -> None:
     assert seen_in(reply) == ("BufferedReader", b"line\n")
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_stream_rbufsize_zero_gives_a_raw_reader(server_kind: ServerKind) -> None:
     class Handler(server_kind.module.StreamRequestHandler):  # type: ignore[misc]
         rbufsize = 0
@@ -263,7 +263,7 @@ def test_stream_rbufsize_zero_gives_a_raw_reader(server_kind: ServerKind) -> Non
     assert seen_in(reply) == (True, True, b"data")
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_stream_finish_closes_the_files_but_not_the_connection(server_kind: ServerKind) -> None:
     class Handler(server_kind.module.StreamRequestHandler):  # type: ignore[misc]
         def finish(self) -> None:
@@ -273,7 +273,7 @@ def test_stream_finish_closes_the_files_but_not_the_connection(server_kind: Serv
     assert seen_in(serve_one(server_kind, Handler)) == (True, True, True)
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_stream_timeout_attribute_times_out_a_silent_client(server_kind: ServerKind) -> None:
     class Handler(server_kind.module.StreamRequestHandler):  # type: ignore[misc]
         timeout = 0.1
@@ -292,7 +292,7 @@ def test_stream_timeout_attribute_times_out_a_silent_client(server_kind: ServerK
     assert seen_in(reply) == (0.1, "TimeoutError")
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_stream_connection_has_no_timeout_by_default(server_kind: ServerKind) -> None:
     """Neither a Python timeout nor a receive timeout (SO_RCVTIMEO: a prefork listener's
     heartbeat timeout in accept mode must not reach the connections it accepts)."""
@@ -306,7 +306,7 @@ def test_stream_connection_has_no_timeout_by_default(server_kind: ServerKind) ->
     assert seen_in(reply) == (socket.getdefaulttimeout(), NO_RCVTIMEO)
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_stream_disable_nagle_algorithm_sets_tcp_nodelay(server_kind: ServerKind) -> None:
     class Handler(server_kind.module.StreamRequestHandler):  # type: ignore[misc]
         disable_nagle_algorithm = True
@@ -317,7 +317,7 @@ def test_stream_disable_nagle_algorithm_sets_tcp_nodelay(server_kind: ServerKind
     assert int(serve_one(server_kind, Handler)) != 0
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_stream_nagle_algorithm_stays_enabled_by_default(server_kind: ServerKind) -> None:
     class Handler(server_kind.module.StreamRequestHandler):  # type: ignore[misc]
         def handle(self) -> None:
@@ -329,7 +329,7 @@ def test_stream_nagle_algorithm_stays_enabled_by_default(server_kind: ServerKind
 # --- DatagramRequestHandler and UDP servers ----------------------------------------------
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_datagram_handler_files_are_bytesio_over_the_packet(server_kind: ServerKind) -> None:
     class Handler(server_kind.module.DatagramRequestHandler):  # type: ignore[misc]
         def handle(self) -> None:
@@ -342,7 +342,7 @@ def test_datagram_handler_files_are_bytesio_over_the_packet(server_kind: ServerK
     assert seen_in(reply) == ("BytesIO", "BytesIO", b"datagram", b"datagram")
 
 
-@each_kind(stock=True)  # a pool's workers read datagrams themselves in either hand-off
+@each_kind(stock=("sync",))  # a pool's workers read datagrams themselves in either hand-off
 def test_datagram_handler_replies_through_the_shared_server_socket(
     server_kind: ServerKind,
 ) -> None:
@@ -359,7 +359,7 @@ def test_datagram_handler_replies_through_the_shared_server_socket(
         assert server.socket.fileno() != -1  # no request's "close" closed it
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_datagram_handler_sends_an_empty_reply_when_nothing_was_written(
     server_kind: ServerKind,
 ) -> None:
@@ -368,7 +368,7 @@ def test_datagram_handler_sends_an_empty_reply_when_nothing_was_written(
         assert client.recvfrom(100) == (b"", server.server_address)
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_udp_server_truncates_datagrams_to_max_packet_size(server_kind: ServerKind) -> None:
     class Handler(server_kind.module.DatagramRequestHandler):  # type: ignore[misc]
         def handle(self) -> None:
@@ -383,7 +383,7 @@ def test_udp_server_truncates_datagrams_to_max_packet_size(server_kind: ServerKi
 
 
 @needs_unix
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_unix_datagram_server_replies_to_a_bound_client(
     server_kind: ServerKind, short_dir: Path
 ) -> None:
@@ -405,7 +405,7 @@ def test_unix_datagram_server_replies_to_a_bound_client(
 
 
 @needs_unix
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_unix_stream_server_serves_at_its_socket_path(
     server_kind: ServerKind, short_dir: Path
 ) -> None:
@@ -427,7 +427,7 @@ def test_unix_stream_server_serves_at_its_socket_path(
 
 
 @needs_unix
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_unix_stream_server_close_leaves_the_socket_file(
     server_kind: ServerKind, short_dir: Path
 ) -> None:
@@ -441,7 +441,7 @@ def test_unix_stream_server_close_leaves_the_socket_file(
 
 
 @needs_unix
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_unix_stream_server_cannot_bind_over_a_leftover_socket_file(
     server_kind: ServerKind, short_dir: Path
 ) -> None:

@@ -8,9 +8,10 @@ Spec items 15-23: `get_request` -> `verify_request` -> `process_request` ->
 `get_request` override point.
 
 The tests taking `server_kind` run the same scenario on each kind (see
-server_kinds.py): sync, thread, fork and the prefork pool in both hand-offs, and,
-where the test is differential, CPython's sync, thread and fork servers, expecting
-the same hooks in the same order, split between the places the kind runs them in.
+server_kinds.py): sync, thread, fork and the prefork pool in both hand-offs, and
+CPython's servers of the models whose behaviour the test pins down (differential),
+expecting the same hooks in the same order, split between the places the kind runs
+them in.
 The `handle_request()` tests run on the synchronous server of stock `socketserver`
 and `sockherd` (the `ss` fixture): a prefork server has no handle_request().
 """
@@ -161,7 +162,7 @@ def test_base_exception_in_sync_handler_shuts_down_request_and_propagates(
 # --- the request path on every kind ------------------------------------------------------
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync", "thread"))
 def test_request_hooks_run_in_stock_order_where_the_kind_runs_them(
     server_kind: Any, recorder: Recorder
 ) -> None:
@@ -182,7 +183,7 @@ def test_request_hooks_run_in_stock_order_where_the_kind_runs_them(
         assert recorder.pids("handle") <= workers
 
 
-@each_kind(stock=True, skip={"prefork-accept": "workers run every request hook, not the loop"})
+@each_kind(stock=("sync",), skip={"prefork-accept": "workers run every request hook, not the loop"})
 def test_serving_thread_calls_service_actions_after_its_request_hooks(
     server_kind: Any, recorder: Recorder
 ) -> None:
@@ -206,7 +207,7 @@ def test_serving_thread_calls_service_actions_after_its_request_hooks(
     assert names[start : start + len(ours) + 1] == [*ours, "service_actions"]
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync", "thread"))
 def test_handler_exception_calls_handle_error_then_shutdown_request_and_serving_goes_on(
     server_kind: Any, recorder: Recorder, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -236,7 +237,7 @@ def test_handler_exception_is_counted_as_an_error(server_kind: Any, recorder: Re
         wait_until(lambda: server_kind.request_counts(server) == (2, 1))
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_verify_request_false_only_shuts_down_the_request(
     server_kind: Any, recorder: Recorder
 ) -> None:
@@ -260,7 +261,7 @@ def test_verify_request_false_only_shuts_down_the_request(
 
 @pytest.mark.parametrize("payload", [b"systemexit", b"keyboardinterrupt"])
 @each_kind(
-    stock=True,
+    stock=("thread",),
     skip={
         "sync": "it propagates out of the loop "
         "(test_base_exception_in_sync_handler_shuts_down_request_and_propagates)"
@@ -296,7 +297,7 @@ def test_base_exception_in_a_handler_shuts_down_the_request_without_handle_error
         assert died_in in first_workers and replaced_by not in first_workers
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_oserror_from_get_request_is_dropped_silently(
     server_kind: Any,
     recorder: Recorder,
@@ -366,7 +367,7 @@ def handle_error_output(kind: Any, capfd: pytest.CaptureFixture[str]) -> tuple[l
     return captured.err.splitlines(), client_address
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_handle_error_default_stderr_format(
     server_kind: Any, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -383,7 +384,7 @@ def test_handle_error_default_stderr_format(
     assert lines.count(DASHES) == 2
 
 
-@each_kind(stock=True, skip={"stock-sync": "the reference the others are compared with"})
+@each_kind()
 def test_handle_error_output_matches_stock_from_the_handler_frame_on(
     server_kind: Any, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -402,7 +403,7 @@ def test_handle_error_output_matches_stock_from_the_handler_frame_on(
 # --- the server object: context manager, server_close() -----------------------------------
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_context_manager_returns_the_server_and_closes_the_socket(
     server_kind: Any, recorder: Recorder
 ) -> None:
@@ -424,7 +425,7 @@ def test_context_manager_returns_the_server_and_closes_the_socket(
     assert child_processes() == set()
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_context_manager_does_not_suppress_exceptions(server_kind: Any) -> None:
     """__exit__ closes the server and returns None, so the exception propagates."""
 
@@ -438,7 +439,7 @@ def test_context_manager_does_not_suppress_exceptions(server_kind: Any) -> None:
     assert server.__exit__(None, None, None) is None
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync", "thread"))
 def test_server_close_twice_is_harmless(server_kind: Any, recorder: Recorder) -> None:
     """server_close() after serve_forever() ran (and closed it once) can be called again."""
     server = server_kind.server(LOOPBACK, recording_handler(server_kind, recorder))
@@ -454,7 +455,7 @@ def test_server_close_twice_is_harmless(server_kind: Any, recorder: Recorder) ->
 
 
 @each_kind(
-    stock=True,
+    stock=("sync",),
     skip={
         "prefork-dispatch": "only a socket's fd can be passed to a worker; a wrapped connection "
         "is refused (test_prefork: test_dispatch_refuses_a_wrapped_connection_...)"
@@ -490,7 +491,7 @@ def test_get_request_override_connection_reaches_the_handler_and_is_closed_by_th
         assert recorder.pids("wrapper closed") <= workers
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_get_request_override_client_address_reaches_the_handler(server_kind: Any) -> None:
     class TaggingServer(server_kind.server_class()):  # type: ignore[misc]
         def get_request(self) -> Any:

@@ -3,7 +3,7 @@
 Spec items 11, 12, 14 and section O (1, 2, 12, 13).  Tests taking the `ss`
 fixture run the same scenario on stock `socketserver` and on `sockherd` and
 assert the same result; tests taking `server_kind` run it on every server kind
-(server_kinds.py), CPython's too where they are differential, since a prefork
+(server_kinds.py), CPython's synchronous server too, since a prefork
 pool's supervisor runs the same loop.  The tests named `test_sockherd_*` check
 deliberate improvements (their docstrings say what stock does instead) and run on
 sockherd only; `test_stock_*` demonstrates the stock behaviour being improved on.
@@ -136,7 +136,7 @@ def test_service_actions_runs_once_per_idle_iteration(ss: Any) -> None:
     assert times[calls - 1] - start >= calls * poll_interval * 0.9
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_service_actions_runs_at_least_once_per_poll_interval_when_idle(
     server_kind: ServerKind, recorder: Recorder
 ) -> None:
@@ -191,7 +191,7 @@ def shut_down_early(server: Any) -> threading.Thread:
     return stopper
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_shutdown_called_before_serve_forever_makes_it_return_at_once(
     server_kind: ServerKind, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -222,7 +222,7 @@ def test_shutdown_called_before_serve_forever_makes_it_return_at_once(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_serve_forever_after_an_early_shutdown_runs_normally(
     server_kind: ServerKind, recorder: Recorder
 ) -> None:
@@ -247,7 +247,7 @@ def stop_loop(kind: ServerKind, server: Any) -> None:
     assert not thread.is_alive()
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_shutdown_after_the_loop_ended_returns_at_once(
     server_kind: ServerKind, recorder: Recorder
 ) -> None:
@@ -261,7 +261,7 @@ def test_shutdown_after_the_loop_ended_returns_at_once(
         server.server_close()
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_serve_forever_after_a_late_shutdown_exits_immediately(
     server_kind: ServerKind, recorder: Recorder
 ) -> None:
@@ -693,7 +693,7 @@ def test_signal_during_handle_request_still_serves_the_request(ss: Any) -> None:
     assert replies == [b"echo:ping\n"]
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_signal_during_serve_forever_does_not_stop_the_loop(
     server_kind: ServerKind, recorder: Recorder
 ) -> None:

@@ -31,7 +31,7 @@ def options(sock: socket.socket) -> tuple[int, int]:
 @pytest.mark.parametrize(
     ("reuse_address", "reuse_port"), [(False, False), (True, False), (False, True), (True, True)]
 )
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_reuse_attributes_set_the_socket_options(
     server_kind: ServerKind, transport: str, reuse_address: bool, reuse_port: bool
 ) -> None:
@@ -48,7 +48,7 @@ def test_reuse_attributes_set_the_socket_options(
 
 
 @pytest.mark.parametrize("transport", ["TCP", "UDP"])
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_port_0_becomes_the_bound_port_in_the_server_and_where_the_handler_runs(
     server_kind: ServerKind, transport: str
 ) -> None:

@@ -5,7 +5,7 @@ hierarchy and MRO, lazily created per-instance state, import side effects, and t
 constructor paths CPython's own suite exercises (test_close_immediately,
 test_tcpserver_bind_leak, test_logging's ControlMixin).  The `Prefork*Server` classes
 are held to their socket server's stock surface; the construction paths run on every
-server kind (`server_kind`, server_kinds.py), CPython's too.
+server kind (`server_kind`, server_kinds.py), and on CPython's where stock pins them down.
 """
 
 from __future__ import annotations
@@ -439,7 +439,7 @@ def _upper_line(request):
     request.wfile.write(request.rfile.readline().upper())
 
 
-@each_kind(stock=True)
+@each_kind(stock=("thread", "fork"))
 def test_control_mixin_calling_base_init_directly_serves_tcp(server_kind):
     server = _control_server_class(server_kind, "TCP")((HOST, 0), _upper_line, 0.05)
     server.start()
@@ -451,7 +451,7 @@ def test_control_mixin_calling_base_init_directly_serves_tcp(server_kind):
     assert server.socket.fileno() == -1
 
 
-@each_kind(stock=True)
+@each_kind(stock=("thread",))
 def test_control_mixin_calling_base_init_directly_serves_udp(server_kind):
     server = _control_server_class(server_kind, "UDP")((HOST, 0), _upper_line, 0.05)
     server.start()
@@ -471,7 +471,7 @@ def _composed_class(kind: ServerKind) -> type:
     return type("MyServer", bases, kind.class_settings())
 
 
-@each_kind(stock=True)
+@each_kind(stock=("thread",))
 def test_user_composed_class_serves_where_its_mixin_handles_requests(
     server_kind: ServerKind, recorder: Recorder
 ) -> None:
@@ -490,7 +490,7 @@ def test_user_composed_class_serves_where_its_mixin_handles_requests(
 
 
 @pytest.mark.parametrize("composed", [False, True], ids=["predefined", "composed"])
-@each_kind(stock=True)
+@each_kind(stock=("thread", "fork"))
 def test_server_close_works_on_a_server_that_never_served(server_kind, composed):
     """test_close_immediately: the handler class is a lambda and nothing was ever served;
     nothing was forked either."""
@@ -514,7 +514,7 @@ def test_tcp_server_without_bind_and_activate_creates_unbound_socket(ss):
         server.server_close()
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_server_binds_and_listens_when_asked_after_construction(
     server_kind: ServerKind, recorder: Recorder
 ) -> None:
@@ -537,7 +537,7 @@ def test_server_binds_and_listens_when_asked_after_construction(
         assert tcp_request(server.server_address) == b"echo:ping\n"
 
 
-@each_kind(stock=True)
+@each_kind(stock=("sync",))
 def test_failed_bind_closes_socket_over_1024_constructions(server_kind: ServerKind) -> None:
     """test_tcpserver_bind_leak (Issue #22435), with every failed server kept alive.
 

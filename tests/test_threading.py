@@ -95,7 +95,7 @@ def test_handler_does_not_run_in_the_serving_thread(ss: Any) -> None:
     assert threads[0] is not threading.main_thread()
 
 
-@each_kind(stock=True, skip={"sync": "a synchronous server handles one request at a time"})
+@each_kind(stock=("thread",), skip={"sync": "a synchronous server handles one request at a time"})
 def test_two_requests_are_handled_at_the_same_time(
     server_kind: ServerKind, recorder: Recorder
 ) -> None:
@@ -148,7 +148,9 @@ def test_block_on_close_defaults_to_true(ss: Any) -> None:
     assert ss.ThreadingMixIn.block_on_close is True
 
 
-@each_kind(stock=True, skip={"sync": "its handler runs in the very loop shutdown() waits for"})
+@each_kind(
+    stock=("thread",), skip={"sync": "its handler runs in the very loop shutdown() waits for"}
+)
 def test_stopping_lets_a_request_in_progress_finish(
     server_kind: ServerKind, recorder: Recorder
 ) -> None:
