@@ -232,9 +232,11 @@ class Arbiter(LoopHooks):
         if self.state.is_(State.STOPPED):
             return
         if self.state.is_(State.DRAINING):
-            if not graceful:
+            if not graceful:  # QUIT while draining: stop now, whatever is in flight
+                self.drain_deadline = now
                 for pool in self.pools.values():
                     pool.begin_stop(graceful=False, now=now)
+                self._finish_if_drained(now)
             return
         log.info("%s: %s", why, "stopping gracefully" if graceful else "stopping now")
         self.state.move(State.DRAINING)
@@ -270,7 +272,10 @@ class Arbiter(LoopHooks):
 
     def _dispatch_signals(self) -> None:
         for name in self.signals.pending():
-            getattr(self, "handle_" + name.lower())()
+            try:
+                getattr(self, "handle_" + name.lower())()
+            except Exception:  # one failing action (a log file gone) must not end the loop
+                log.exception("%s: handling it failed; the supervisor goes on", name)
 
     def handle_sigterm(self) -> None:
         """Graceful stop: requests in progress finish (within graceful_timeout)."""

@@ -42,7 +42,7 @@ class WatchedChild:
     pid: int
     exit_fd: int
     owns_exit_fd: bool  # a pidfd we opened (closed here), not multiprocess's sentinel
-    on_exit: Callable[[int], None]  # called with the waitpid() status
+    on_exit: Callable[[int | None], None]  # the waitpid() status; None: reaped elsewhere
 
 
 class ChildReaper:
@@ -61,7 +61,7 @@ class ChildReaper:
         self.orphans_reaped = 0
 
     def watch(
-        self, pid: int, exit_fd: int, owns_exit_fd: bool, on_exit: Callable[[int], None]
+        self, pid: int, exit_fd: int, owns_exit_fd: bool, on_exit: Callable[[int | None], None]
     ) -> None:
         """Reap `pid` when `exit_fd` turns readable, and hand its status to `on_exit`."""
         self.children[pid] = WatchedChild(pid, exit_fd, owns_exit_fd, on_exit)
@@ -113,15 +113,16 @@ class ChildReaper:
         try:
             reaped, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            # Reaped elsewhere (nothing else should): report it as a plain exit.
-            log.warning("worker pid %d was reaped outside the supervisor's reaper", pid)
-            reaped, status = pid, 0
+            # Reaped elsewhere: multiprocess's Process.start() waits for its exited
+            # children first.  The owner's callback gets None and asks the adapter.
+            self._reaped(pid, None)
+            return True
         if not reaped:
             return False
         self._reaped(pid, status)
         return True
 
-    def _reaped(self, pid: int, status: int) -> None:
+    def _reaped(self, pid: int, status: int | None) -> None:
         """The one place a child leaves the table."""
         child = self.children.pop(pid)
         self._remove_source(child.exit_fd)

@@ -44,8 +44,8 @@ from .pool_settings import PoolSettings
 from .pool_snapshot import pool_snapshot
 from .reaper import ChildReaper
 from .spawner import Spawner, WorkerHandle, exit_fd_of
-from .worker_exits import ExitFacts, RestartReason, classify_exit
-from .worker_process import record_exit
+from .worker_exits import ExitFacts, RestartReason, classify_exit, wait_status
+from .worker_process import exit_code_taken, record_exit
 from .worker_timeouts import enforce_timeouts, kill_group, send_signal
 
 if TYPE_CHECKING:
@@ -147,12 +147,17 @@ class WorkerPool:
             self.announced_ready = (self.generation, self.desired)
             log.info("%d worker%s ready", ready, "" if ready == 1 else "s")
 
-    def worker_exited(self, index: int, status: int) -> None:
-        """The reaper took this worker's exit status: count, classify, free its slot."""
+    def worker_exited(self, index: int, status: int | None) -> None:
+        """The reaper took this worker's exit status (None: multiprocess took it first, and
+        the adapter has it): count, classify, free its slot."""
         handle = self.workers.pop(index)
         self.tick_due = True  # replace it
-        code = os.waitstatus_to_exitcode(status)
-        record_exit(handle.process, code)
+        if status is None:
+            code = exit_code_taken(handle.process)
+            status = wait_status(code)
+        else:
+            code = os.waitstatus_to_exitcode(status)
+            record_exit(handle.process, code)
         slot = self.scoreboard.slots[index]
         facts = ExitFacts(
             stop_requested=bool(slot.stop) or self.stop_deadline is not None,

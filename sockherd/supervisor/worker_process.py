@@ -67,3 +67,11 @@ def record_exit(process: Any, exitcode: int) -> None:
     popen = getattr(process, "_popen", None)
     if popen is not None and popen.returncode is None:
         popen.returncode = exitcode
+
+
+def exit_code_taken(process: Any) -> int:
+    """The exit code multiprocess recorded when it reaped `process` itself (its
+    `Process.start()` waits for exited children first); 0 if it has none."""
+    popen = getattr(process, "_popen", None)
+    code = getattr(popen, "returncode", None)
+    return int(code) if code is not None else 0
