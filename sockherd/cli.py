@@ -142,6 +142,10 @@ def serve(target_path: str, options: dict[str, Any]) -> int:
             log.info("metrics on %s://%s/metrics", scheme, options["metrics"])
         arbiter.run()
     finally:
+        if arbiter is not None:
+            # The drain is over: a signal from now on (children still running past the
+            # graceful deadline) takes its default action rather than an unread queue.
+            arbiter.close()
         for server in servers:
             children = len(getattr(server, "active_children", None) or ())
             if children:
@@ -149,8 +153,6 @@ def serve(target_path: str, options: dict[str, Any]) -> int:
                     "waiting for %d request%s in progress", children, "" if children == 1 else "s"
                 )
             server.server_close()
-        if arbiter is not None:
-            arbiter.close()
     log.info("stopped")
     return 0
 

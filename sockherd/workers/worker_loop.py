@@ -40,7 +40,7 @@ import sys
 import time
 from typing import Any
 
-from ..server.read_deadline import limit_reads, read_timed_out
+from ..server.read_deadline import limit_reads, outcome_of_failure
 from .fd_passing import receive_connection
 from .lifecycle import WorkerState
 from .scoreboard import Scoreboard
@@ -237,7 +237,7 @@ class Worker:
         try:
             self.server.finish_request(request, client_address)
         except Exception:
-            outcome = "timeout" if read_timed_out(request) else "error"
+            outcome = outcome_of_failure(request)
             self.server.handle_error(request, client_address)
         finally:
             # Count before the connection closes: once the client has its answer, the
