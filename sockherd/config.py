@@ -19,7 +19,8 @@ import os
 import tomllib
 from collections.abc import Mapping
 
-from .supervisor.settings import TABLE, Setting, Value, env_of, flag_of
+from .supervisor.setting_parsers import Value
+from .supervisor.settings import TABLE, Setting, env_of, flag_of
 
 log = logging.getLogger("sockherd")
 
