@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import wait_until
-from server_process import metric_value
+from server_process import metric_value, request_line, server_process
 from test_cli import PROJECT_ROOT, ctl, free_port, scrape
 
 pytestmark = pytest.mark.skipif(
@@ -52,6 +52,7 @@ class Handler(sockherd.StreamRequestHandler):
 class Server(sockherd.PreforkTCPServer):
     allow_reuse_address = True
     workers = 2
+    handoff = {handoff!r}
 
     def worker_setup(self):
         if {broken_setup}:
@@ -66,8 +67,15 @@ def make_server():
 class Supervisor:
     """`sockherd serve app:make_server` in a subprocess, its log in a file."""
 
-    def __init__(self, tmp_path, port: int, *extra: str, prefix: tuple[str, ...] = ()) -> None:
-        self.tmp_path, self.port = tmp_path, port
+    def __init__(
+        self,
+        tmp_path,
+        port: int,
+        *extra: str,
+        prefix: tuple[str, ...] = (),
+        handoff: str = "accept",
+    ) -> None:
+        self.tmp_path, self.port, self.handoff = tmp_path, port, handoff
         self.control = str(tmp_path / "control.sock")
         self.metrics = free_port()
         self.log_path = tmp_path / "supervisor.log"
@@ -84,7 +92,11 @@ class Supervisor:
 
     def write_app(self, version: str, *, broken_setup=False, syntax_error=False, delay=0.0):
         text = APP.format(
-            version=version, port=self.port, broken_setup=broken_setup, import_delay=delay
+            version=version,
+            port=self.port,
+            broken_setup=broken_setup,
+            import_delay=delay,
+            handoff=self.handoff,
         )
         if syntax_error:
             text += "\ndef broken(:\n"
@@ -116,9 +128,9 @@ class Supervisor:
         return self.process.wait(timeout=30)
 
 
-@pytest.fixture
-def supervisor(tmp_path) -> Iterator[Supervisor]:
-    running = Supervisor(tmp_path, free_port())
+@pytest.fixture(params=["accept"])
+def supervisor(request, tmp_path) -> Iterator[Supervisor]:
+    running = Supervisor(tmp_path, free_port(), handoff=request.param)
     try:
         yield running
     finally:
@@ -164,7 +176,10 @@ def p99(latencies: list[float]) -> float:
 
 
 @pytest.mark.timeout(300)
-def test_ten_upgrades_under_load_lose_nothing_and_keep_the_pid(supervisor):
+@pytest.mark.parametrize(
+    ("supervisor", "upgrades"), [("accept", 10), ("dispatch", 3)], indirect=["supervisor"]
+)
+def test_ten_upgrades_under_load_lose_nothing_and_keep_the_pid(supervisor, upgrades):
     pid = supervisor.status()["pid"]
     assert pid == supervisor.process.pid
     load = Load(supervisor.port)
@@ -172,7 +187,7 @@ def test_ten_upgrades_under_load_lose_nothing_and_keep_the_pid(supervisor):
         wait_until(lambda: len(load.results) > 3000, timeout=30)  # the baseline
         baseline_end = time.monotonic()
         totals = [supervisor.requests_total()]
-        for number in range(1, 11):
+        for number in range(1, upgrades + 1):
             version = f"v{number}"
             supervisor.write_app(version)
             upgrade = ctl(supervisor.control, "upgrade")
@@ -189,13 +204,14 @@ def test_ten_upgrades_under_load_lose_nothing_and_keep_the_pid(supervisor):
     assert failures == [], failures[:5]
     assert totals == sorted(totals), totals  # sockherd_requests_total never decreases
     body = scrape(supervisor.metrics)
-    assert metric_value(body, "sockherd_upgrades_total", outcome="ok") == 10
-    assert metric_value(body, "sockherd_supervisor_images") == 11
+    assert metric_value(body, "sockherd_upgrades_total", outcome="ok") == upgrades
+    assert metric_value(body, "sockherd_supervisor_images") == upgrades + 1
     before = [seconds for began, seconds, _ in results if began < baseline_end]
     during = [seconds for began, seconds, _ in results if began >= baseline_end]
     print(
-        f"\n{len(results)} requests, 0 failed; p99 without upgrades {p99(before) * 1000:.1f} ms "
-        f"({len(before)} requests), during ten upgrades {p99(during) * 1000:.1f} ms "
+        f"\n{supervisor.handoff}: {len(results)} requests, 0 failed; "
+        f"p99 without upgrades {p99(before) * 1000:.1f} ms "
+        f"({len(before)} requests), during {upgrades} upgrades {p99(during) * 1000:.1f} ms "
         f"({len(during)} requests)"
     )
 
@@ -303,3 +319,12 @@ def _only_child(pid: int) -> int | None:
     except OSError:
         return None
     return int(found[0]) if found else None
+
+
+@pytest.mark.timeout(60)
+def test_a_programs_own_prefork_server_refuses_an_upgrade_and_keeps_serving():
+    with server_process("PreforkTCPServer", "prefork_handlers:Commands", {"workers": 1}) as running:
+        running.process.send_signal(signal.SIGUSR2)
+        running.wait_for("upgrade refused: an in-place upgrade needs the sockherd serve command")
+        reply = request_line(running.address, b"echo still\n").split()
+        assert reply[1:] == [b"still"]
