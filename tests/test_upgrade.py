@@ -328,3 +328,31 @@ def test_a_programs_own_prefork_server_refuses_an_upgrade_and_keeps_serving():
         running.wait_for("upgrade refused: an in-place upgrade needs the sockherd serve command")
         reply = request_line(running.address, b"echo still\n").split()
         assert reply[1:] == [b"still"]
+
+
+@pytest.mark.timeout(120)
+def test_the_new_image_reads_the_configuration_again(tmp_path):
+    port, control = free_port(), str(tmp_path / "control.sock")
+    (tmp_path / "app.py").write_text(APP.format(
+        version="v0", port=port, broken_setup=False, import_delay=0, handoff="accept"
+    ))  # fmt: skip
+    config = tmp_path / "sockherd.toml"
+    config.write_text(f'mode = "prefork"\nworkers = 2\nbind = ["127.0.0.1:{port}"]\n')
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}:{PROJECT_ROOT}", PYTHONDONTWRITEBYTECODE="1")
+    with open(tmp_path / "log", "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sockherd", "serve", "app:Handler", "--config", str(config),
+             "--control", control],
+            cwd=str(tmp_path), env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )  # fmt: skip
+    try:
+        wait_until(lambda: "2 workers ready" in (tmp_path / "log").read_text(), timeout=30)
+        config.write_text(config.read_text().replace("workers = 2", "workers = 3"))
+        upgrade = ctl(control, "upgrade")
+        assert upgrade.returncode == 0, (upgrade.stderr, (tmp_path / "log").read_text())
+        status = json.loads(ctl(control, "status", "--json").stdout)
+        assert status["desired"] == 3 and len(status["workers"]) == 3
+        assert status["pid"] == process.pid
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
