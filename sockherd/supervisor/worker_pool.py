@@ -255,7 +255,8 @@ class WorkerPool:
     @property
     def reloading(self) -> bool:
         """A reload is in progress: old workers still run, or new ones are not all ready."""
-        return any(h.generation != self.generation for h in self.workers.values())
+        old = any(h.generation != self.generation for h in self.workers.values())
+        return old or self.ready_count() < self.desired
 
     def reconcile(self, now: float) -> None:
         """Spawn or stop workers until the current generation has `desired` of them."""
