@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import TYPE_CHECKING
 
 from ..metrics.snapshot import PoolSnapshot, SlotFigures, WorkerSnapshot
+from ..workers import live_record
 from ..workers.lifecycle import WorkerState
 from .worker_exits import RestartReason
 
@@ -21,6 +23,11 @@ def pool_snapshot(pool: WorkerPool) -> PoolSnapshot:
     for index in sorted(pool.workers):
         slot = scoreboard.slots[index]
         handle = pool.workers[index]
+        request = peer = elapsed = None
+        if scoreboard.request_in_hand(index) and slot.request_started:
+            request, peer = live_record.read(slot)
+            elapsed = round(max(0.0, now_monotonic - slot.request_started), 3)
+        figures = pool.readings.figures(handle.pid)
         workers.append(
             WorkerSnapshot(
                 slot=index,
@@ -32,11 +39,20 @@ def pool_snapshot(pool: WorkerPool) -> PoolSnapshot:
                 age=round(now_monotonic - handle.started_at, 3),
                 heartbeat_age=max(0.0, now_monotonic - slot.heartbeat),
                 started_at=now_wall - (now_monotonic - slot.started),
+                request=request,
+                peer=peer,
+                request_elapsed=elapsed,
+                cpu_seconds=figures.cpu_seconds if figures else None,
+                rss=figures.rss if figures else None,
+                pss=figures.pss if figures else None,
+                uss=figures.uss if figures else None,
             )
         )
     slots = []
+    accepted = 0
     for index in range(scoreboard.size):
         totals = scoreboard.totals(index)
+        accepted += totals.requests + totals.timeouts + totals.aborted
         if not (totals.requests or totals.timeouts or totals.aborted) and index not in pool.workers:
             continue  # a slot never used: no series
         slots.append(
@@ -66,4 +82,10 @@ def pool_snapshot(pool: WorkerPool) -> PoolSnapshot:
             for index in range(scoreboard.size)
             if scoreboard.state(index) == WorkerState.DEAD
         ),
+        last_exits=tuple(pool.last_exits[index] for index in sorted(pool.last_exits)),
+        exit_causes=dict(pool.exit_causes),
+        slow_requests=pool.slow.count if pool.slow is not None else 0,
+        accepted=accepted + sum(1 for i in pool.workers if scoreboard.request_in_hand(i)),
+        max_workers_reached=pool.max_workers_reached,
+        settings=dataclasses.asdict(pool.settings),
     )

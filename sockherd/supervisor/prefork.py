@@ -20,6 +20,9 @@ max_worker_memory    None    recycle a worker whose resident memory exceeds this
 worker_timeout       30      seconds one request (or a worker's boot) may take before
                              SIGABRT (traceback in the log) and, kill_grace later, SIGKILL
 kill_grace           2       seconds between SIGABRT and SIGKILL
+slow_request_timeout None    seconds after which a request's Python traceback is
+                             logged, once; it keeps running (see `slow_requests`)
+slow_log             None    file for those tracebacks instead of the log
 graceful_timeout     30      seconds a stopping server waits for requests in progress
 min_workers          1       lower bound for TTOU
 max_workers          None    upper bound for TTIN; None means 4 * os.cpu_count()
@@ -114,6 +117,8 @@ class PreforkMixIn(_MixInHost):
     max_spare_workers = 4
     autoscale_interval = 1.0
     autoscale_cooldown = 10.0
+    slow_request_timeout: float | None = None
+    slow_log: str | None = None
 
     # sockherd state, created lazily (no mix-in __init__).
     _pool: WorkerPool | None = None
@@ -171,6 +176,8 @@ class PreforkMixIn(_MixInHost):
             max_spare_workers=self.max_spare_workers,
             autoscale_interval=self.autoscale_interval,
             autoscale_cooldown=self.autoscale_cooldown,
+            slow_request_timeout=self.slow_request_timeout,
+            slow_log=self.slow_log,
         )
 
     def pool_snapshot(self) -> PoolSnapshot | None:

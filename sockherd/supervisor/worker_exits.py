@@ -2,7 +2,7 @@
 
 A reaped worker is classified from facts the supervisor holds -- whether it was
 told to stop, the state its scoreboard slot was left in, whether its request ran
-past `worker_timeout`, its exit status -- by the first matching row of
+past `worker_timeout`, its exit status, an OOM kill -- by the first matching row of
 `RESTART_REASONS`.  The reason is counted (`sockherd_worker_restarts_total`) and
 logged by the pool; a boot failure also delays the next start (see `spawner`).
 """
@@ -23,6 +23,7 @@ class RestartReason(enum.Enum):
     BOOT_FAILURE = "boot_failure"  # died before it reported ready
     TIMEOUT = "timeout"  # killed for running past worker_timeout
     RECYCLED = "recycled"  # left by itself after max_requests or max_worker_memory
+    OOM = "oom"  # SIGKILLed by the kernel's OOM killer (see `pool_exits.OomWatch`)
     CRASHED = "crashed"  # anything else: a signal, an unexpected exit
 
 
@@ -34,9 +35,11 @@ class ExitFacts:
     last_state: WorkerState  # the state its slot was left in
     timed_out: bool  # the pool sent it SIGABRT for worker_timeout
     exitcode: int  # as multiprocess reports it: negative for a signal
+    oom_killed: bool = False  # SIGKILL not ours, and the cgroup's OOM-kill counter grew
 
 
 RESTART_REASONS: tuple[tuple[Callable[[ExitFacts], bool], RestartReason], ...] = (
+    (lambda f: f.oom_killed, RestartReason.OOM),
     (lambda f: f.stop_requested, RestartReason.STOPPED),
     (lambda f: f.last_state == WorkerState.STARTING, RestartReason.BOOT_FAILURE),
     (lambda f: f.timed_out, RestartReason.TIMEOUT),

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from ..server.request_stats import DURATION_BUCKETS, bucket_index
 from .lifecycle import TRANSITIONS, IllegalTransition, WorkerState
+from .live_record import DESCRIPTION_BYTES, PEER_BYTES
 
 BUCKETS = len(DURATION_BUCKETS) + 1  # the last one is +Inf
 
@@ -39,6 +40,10 @@ class Slot(ctypes.Structure):
         ("begun", ctypes.c_uint64),  # requests started: see Scoreboard.request_in_hand()
         ("duration_sum", ctypes.c_double),
         ("buckets", ctypes.c_uint64 * BUCKETS),  # non-cumulative
+        # The live record (see `live_record`): the request in hand, written as it begins.
+        ("request_started", ctypes.c_double),
+        ("peer", ctypes.c_char * PEER_BYTES),
+        ("description", ctypes.c_char * DESCRIPTION_BYTES),
     ]
 
 
