@@ -173,12 +173,10 @@ def _pool_families(pools: list[tuple[str, PoolSnapshot]], orphans: int) -> Itera
 
 def _worker_detail_families(pools: list[tuple[str, PoolSnapshot]]) -> Iterator[Family]:
     """Per-worker CPU and memory (from /proc), exits by cause, slow requests."""
-    cpu = counter(
-        "sockherd_worker_cpu_seconds", "CPU time (user + system) of each live worker, from /proc"
-    )
+    cpu = counter("sockherd_worker_cpu_seconds", "CPU time (user + system) of each live worker")
     memory = gauge(
         "sockherd_worker_memory_bytes",
-        "Memory of each live worker from /proc: rss, pss (shared pages divided), uss (private)",
+        "Memory of each live worker: rss, pss (shared pages divided), uss (private)",
     )
     causes = counter(
         "sockherd_worker_exits",

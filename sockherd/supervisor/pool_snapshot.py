@@ -1,4 +1,11 @@
-"""A pool as the public snapshot describes it (`metrics.snapshot.PoolSnapshot`)."""
+"""A pool as the public snapshot describes it (`metrics.snapshot.PoolSnapshot`).
+
+Worker CPU and memory come from `ProcessReadings` (cached up to 1 s).  A snapshot
+re-reads stale workers for at most `STATUS_READ_BUDGET` seconds and reports the
+others' last reading; for the next 10 s the pool's housekeeping refreshes the rest
+a little per pass, so a pool of hundreds of workers is fully fresh within a few
+seconds of the first look without any status request paying for all of it.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +21,15 @@ from .worker_exits import RestartReason
 if TYPE_CHECKING:
     from .worker_pool import WorkerPool
 
+# Seconds of /proc reading one snapshot may spend (stalest workers first); the rest of a
+# big pool is refreshed by the pool's housekeeping while someone watches.
+STATUS_READ_BUDGET = 0.002
+
 
 def pool_snapshot(pool: WorkerPool) -> PoolSnapshot:
     """Read the pool's workers from the scoreboard and its counters from the pool."""
     scoreboard = pool.scoreboard
+    pool.refresh_readings(STATUS_READ_BUDGET, watched=True)
     now_monotonic, now_wall = time.monotonic(), time.time()
     workers = []
     for index in sorted(pool.workers):
@@ -27,7 +39,7 @@ def pool_snapshot(pool: WorkerPool) -> PoolSnapshot:
         if scoreboard.request_in_hand(index) and slot.request_started:
             request, peer = live_record.read(slot)
             elapsed = round(max(0.0, now_monotonic - slot.request_started), 3)
-        figures = pool.readings.figures(handle.pid)
+        figures = pool.readings.cached(handle.pid)
         workers.append(
             WorkerSnapshot(
                 slot=index,

@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL = 0.05  # seconds between tick()s while nothing changes
+READINGS_WATCH = 10.0  # seconds after a status or scrape during which readings stay fresh
+READINGS_BUDGET = 0.002  # seconds of /proc reading per tick()
 
 
 class WorkerPool:
@@ -82,6 +84,8 @@ class WorkerPool:
         self.exit_causes: collections.Counter[str] = collections.Counter()
         self.last_exits: dict[int, ExitRecord] = {}  # per slot
         self.readings = ProcessReadings()
+        self.watched_until = 0.0  # a status or scrape looked: keep readings fresh until then
+        self.readings_fresh = True
         self.oom = OomWatch()
         self.slow = SlowRequests.of(settings)
         self.max_workers_reached = 0
@@ -168,10 +172,26 @@ class WorkerPool:
         return due is not None and now >= due
 
     def next_wake(self) -> float | None:
-        """The monotonic time the loop must run tick() by, for slow_request_timeout."""
-        if self.slow is None:
-            return None
-        return self.slow.next_deadline(self.scoreboard, self.workers)
+        """The monotonic time the loop must run tick() by: a request about to become
+        slow, or the next batch of /proc readings while someone watches."""
+        wakes = []
+        if self.slow is not None:
+            wakes.append(self.slow.next_deadline(self.scoreboard, self.workers))
+        if not self.readings_fresh:
+            wakes.append(self.next_tick)
+        return min((w for w in wakes if w is not None), default=None)
+
+    def refresh_readings(self, budget: float, watched: bool = False) -> None:
+        """Re-read stale /proc figures of live workers for about `budget` seconds; a
+        `watched` call (a status or scrape) keeps housekeeping refreshing for 10 s."""
+        now = time.monotonic()
+        if watched:
+            self.watched_until = now + READINGS_WATCH
+        elif now >= self.watched_until:
+            self.readings_fresh = True
+            return
+        pids = [handle.pid for handle in self.workers.values()]
+        self.readings_fresh = self.readings.refresh(pids, budget)
 
     def tick(self, now: float) -> None:
         """Enforce timeouts, then drain, or autoscale and bring the pool to its shape."""
@@ -187,6 +207,8 @@ class WorkerPool:
         if self.slow is not None:
             self.slow.check(self.scoreboard, list(self.workers.values()), now)
         self._note_saturation()
+        if not self.readings_fresh or now < self.watched_until:
+            self.refresh_readings(READINGS_BUDGET)
         if self.stop_deadline is not None:
             self.drain_step(now)
             return
