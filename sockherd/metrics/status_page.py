@@ -44,13 +44,13 @@ h2 .mode { font-size:12px; color:var(--mute); font-weight:500; }
 .bar { height:5px; background:var(--line); border-radius:3px; margin-top:5px; overflow:hidden; }
 .bar > span { display:block; height:100%; background:var(--busy); }
 h3 { font-size:12px; text-transform:uppercase; letter-spacing:.6px; color:var(--mute);
-  margin:8px 18px 6px; }
+  margin:16px 18px 6px; }
 table { border-collapse:collapse; width:100%; font-variant-numeric:tabular-nums; }
 th, td { padding:6px 12px; text-align:left; border-top:1px solid var(--line); white-space:nowrap; }
 th { font-size:11px; color:var(--mute); font-weight:600; text-transform:uppercase;
   letter-spacing:.4px; background:#fafbfc; }
 td.num, th.num { text-align:right; }
-td.req { white-space:normal; word-break:break-all; max-width:420px; font-family:ui-monospace,
+td.req { white-space:normal; overflow-wrap:anywhere; max-width:560px; font-family:ui-monospace,
   SFMono-Regular,Menlo,monospace; font-size:12.5px; }
 tr.busy td { background:#fff8ef; }
 .pill { display:inline-block; padding:1px 9px; border-radius:10px; font-size:12px; color:#fff;
@@ -60,6 +60,7 @@ tr.busy td { background:#fff8ef; }
 .c-oom, .c-signal, .c-timeout, .c-exit, .c-boot_failure { background:var(--bad); }
 .c-recycled, .c-stopped { background:#7b8494; }
 .muted { color:var(--mute); }
+.peer { color:var(--mute); white-space:nowrap; }
 .empty { padding:10px 18px 16px; color:var(--mute); }
 .state-running { color:#7ee2b0; } .state-draining, .state-stopped { color:#ffb4a8; }
 .state-reloading, .state-upgrading, .state-starting { color:#ffd98a; }
@@ -111,7 +112,7 @@ function workerTable(workers) {
   for (const w of rows) {
     const busy = w.state === "busy";
     const request = busy && w.request ? el("span", {}, w.request,
-      w.peer && w.peer !== w.request ? el("span", {class: "muted"}, "  \\u2190 " + w.peer) : null)
+      w.peer && w.peer !== w.request ? el("span", {class: "peer"}, " \\u2190 " + w.peer) : null)
       : el("span", {class: "muted"}, "\\u2013");
     body.appendChild(el("tr", {class: busy ? "busy" : "", "data-slot": w.slot},
       el("td", {}, w.slot), el("td", {}, w.pid),
@@ -136,8 +137,8 @@ function exitTable(exits) {
       el("td", {}, x.slot), el("td", {}, x.pid),
       el("td", {}, el("span", {class: "pill c-" + x.cause}, x.cause)), el("td", {}, x.status),
       el("td", {}, new Date(x.at * 1000).toLocaleTimeString()),
-      el("td", {class: "req"}, x.request ? x.request + (x.peer && x.peer !== x.request ? "  \\u2190 " + x.peer : "")
-        : el("span", {class: "muted"}, "none")),
+      el("td", {class: "req"}, x.request ? el("span", {}, x.request, x.peer && x.peer !== x.request ?
+        el("span", {class: "peer"}, " \\u2190 " + x.peer) : null) : el("span", {class: "muted"}, "none")),
       el("td", {}, x.request_elapsed === null ? "\\u2013" : secs(x.request_elapsed))));
   }
   return el("table", {class: "exits"}, el("thead", {}, head), body);
@@ -159,7 +160,7 @@ function serverSection(s) {
     s.listen_queue.backlog, s.listen_queue.backlog ? s.listen_queue.length / s.listen_queue.backlog : 0));
   if (p) {
     cards.appendChild(card("slow requests", p.slow_requests));
-    cards.appendChild(card("all busy", p.max_workers_reached + "\\u00d7"));
+    cards.appendChild(card("times all busy", p.max_workers_reached));
     const restarts = Object.entries(p.exit_causes).filter(([, v]) => v).map(([k, v]) => k + " " + v);
     cards.appendChild(card("exits", restarts.length ? restarts.join(", ") : "none"));
   }
