@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL = 0.05  # seconds between tick()s while nothing changes
 READINGS_WATCH = 10.0  # seconds after a status or scrape during which readings stay fresh
-READINGS_BUDGET = 0.002  # seconds of /proc reading per tick()
+READINGS_BUDGET = 0.003  # seconds of /proc reading per tick() while watched
 
 
 class WorkerPool:
@@ -191,6 +191,10 @@ class WorkerPool:
             self.readings_fresh = True
             return
         pids = [handle.pid for handle in self.workers.values()]
+        if watched:  # a status request reads only workers never read; housekeeping the rest
+            self.readings.refresh(pids, budget, only_new=True)
+            self.readings_fresh = False
+            return
         self.readings_fresh = self.readings.refresh(pids, budget)
 
     def tick(self, now: float) -> None:

@@ -117,7 +117,7 @@ class ProcessReadings:
         cached = self._cache.get(pid)
         return cached[1] if cached is not None else None
 
-    def refresh(self, pids: list[int], budget: float) -> bool:
+    def refresh(self, pids: list[int], budget: float, only_new: bool = False) -> bool:
         """Re-read the readings of `pids` older than `max_age`, stalest first, for at most
         about `budget` seconds (at least one read); return whether all are fresh now.
 
