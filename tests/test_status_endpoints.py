@@ -201,3 +201,21 @@ def test_the_slow_log_file_gets_header_and_traceback(tmp_path):
             lambda: (t := slow_log.read_text()) and "deliberately_slow" in t and t, timeout=10
         )
         assert '"to-the-file"' in text and "has been serving" not in server.log
+
+
+@pytest.mark.timeout(60)
+def test_a_recycled_worker_is_recorded_as_recycled():
+    settings = {"workers": 1, "max_requests": 1}
+    with server_process(
+        "PreforkTCPServer", "operator_handlers:Lines", settings, metrics_address=LOOPBACK
+    ) as server:
+        port = server.metrics_port
+        assert port is not None
+        with socket.create_connection(server.address, timeout=10) as client:
+            client.sendall(b"echo once\n")
+            pid = int(client.makefile("rb").readline().split()[0])
+        exits = wait_until(lambda: pool_of(status(port))["last_exits"], timeout=10)
+        assert [(e["pid"], e["cause"], e["status"], e["request"]) for e in exits] == [
+            (pid, "recycled", "exit 0", None)
+        ]
+        assert pool_of(status(port))["exit_causes"] == {"recycled": 1}
