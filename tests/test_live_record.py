@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import http.server
 import os
 
@@ -86,6 +87,21 @@ def test_http_handlers_describe_each_request_by_its_request_line(slot):
     handler.request_version = "HTTP/1.1"
     assert handler.parse_request()
     assert live_record.read(slot)[0] == "GET /big HTTP/1.1"
+
+
+def test_a_partial_of_an_http_handler_keeps_its_arguments(tmp_path):
+    class FakeServer:
+        RequestHandlerClass = functools.partial(
+            http.server.SimpleHTTPRequestHandler, directory=str(tmp_path)
+        )
+
+    server = FakeServer()
+    live_record.describe_http_requests(server)
+    wrapped = server.RequestHandlerClass
+    assert isinstance(wrapped, functools.partial)
+    assert issubclass(wrapped.func, http.server.SimpleHTTPRequestHandler)
+    assert wrapped.func is not http.server.SimpleHTTPRequestHandler
+    assert wrapped.keywords == {"directory": str(tmp_path)}
 
 
 def test_non_http_handlers_are_left_alone():

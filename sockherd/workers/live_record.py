@@ -28,6 +28,7 @@ slot holds one record: the last request begun or described.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from typing import Any
@@ -108,6 +109,9 @@ def describe_http_requests(server: Any) -> None:
     each request by its request line once parsed (one subclass, made once)."""
     http_server = sys.modules.get("http.server")
     handler = getattr(server, "RequestHandlerClass", None)
+    bound = None
+    if isinstance(handler, functools.partial):  # partial(SimpleHTTPRequestHandler, directory=…)
+        bound, handler = handler, handler.func
     if http_server is None or not isinstance(handler, type):
         return
     if not issubclass(handler, http_server.BaseHTTPRequestHandler):
@@ -124,4 +128,7 @@ def describe_http_requests(server: Any) -> None:
     Described.__name__ = handler.__name__
     Described.__qualname__ = handler.__qualname__
     Described.__module__ = handler.__module__
-    server.RequestHandlerClass = Described
+    if bound is not None:
+        server.RequestHandlerClass = functools.partial(Described, *bound.args, **bound.keywords)
+    else:
+        server.RequestHandlerClass = Described
