@@ -219,3 +219,16 @@ def test_a_recycled_worker_is_recorded_as_recycled():
             (pid, "recycled", "exit 0", None)
         ]
         assert pool_of(status(port))["exit_causes"] == {"recycled": 1}
+
+
+@pytest.mark.timeout(60)
+def test_an_unwritable_slow_log_says_so_once_and_the_log_gets_the_tracebacks(tmp_path):
+    missing = str(tmp_path / "no-such-directory" / "slow.log")
+    settings = {"workers": 1, "slow_request_timeout": 0.2, "slow_log": missing}
+    with server_process("PreforkTCPServer", "operator_handlers:Lines", settings) as server:
+        with socket.create_connection(server.address, timeout=10) as client:
+            client.sendall(b"slow 0.6 fallback\n")
+            assert client.makefile("rb").readline().endswith(b" 0.6\n")
+        server.wait_for("in deliberately_slow")
+        assert server.log.count("cannot open slow_log") == 1
+        assert '"fallback"' in server.wait_for("has been serving")

@@ -41,7 +41,12 @@ class SlowRequests:
         self.reported: dict[int, int] = {}  # slot -> the `begun` count last reported
         self.file: IO[str] | None = None
         if slow_log:
-            self.file = open(slow_log, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            try:
+                self.file = open(slow_log, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            except OSError as error:
+                log.error(
+                    "cannot open slow_log %s (%s): slow requests go to the log", slow_log, error
+                )
 
     @classmethod
     def of(cls, settings: PoolSettings) -> SlowRequests | None:

@@ -31,7 +31,10 @@ def arm(server: Any) -> bool:
     path = getattr(server, "slow_log", None)
     target: Any = sys.stderr
     if path:
-        _log_file = open(path, "ab", buffering=0)  # noqa: SIM115 - lives with the worker
-        target = _log_file
+        try:
+            _log_file = open(path, "ab", buffering=0)  # noqa: SIM115 - lives with the worker
+            target = _log_file
+        except OSError:
+            pass  # the supervisor has said so once: the tracebacks go to stderr
     faulthandler.register(SLOW_SIGNAL, file=target, all_threads=True, chain=False)
     return True
