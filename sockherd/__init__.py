@@ -33,6 +33,7 @@ from .server.request_handlers import (
 from .server.socket_servers import BindError, TCPServer, UDPServer
 from .server.threading_mixin import ThreadingMixIn
 from .stdlib_swap import install
+from .workers.live_record import describe_request
 
 # socketserver's own version string, which some programs read.
 __version__ = "0.4"
@@ -83,7 +84,7 @@ if hasattr(os, "fork"):
     __all__.extend(_PREFORK_NAMES)
 
 # sockherd's own public names.
-__all__.extend(["BindError", "install"])
+__all__.extend(["BindError", "install", "describe_request"])
 
 
 def _metrics_extension(server: BaseServer) -> LoopHooks | None:

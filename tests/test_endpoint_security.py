@@ -244,6 +244,11 @@ def test_scrape_over_tls_with_the_right_credentials_works(certificate):
         started = time.monotonic()
         status, headers, body = get(port, certificate[0], (USER, PASSWORD))
         elapsed = time.monotonic() - started
+        # The operator's pages share the port, the TLS and the credentials.
+        code, _, document = get(port, certificate[0], (USER, PASSWORD), "/status.json")
+        assert code == 200 and json.loads(document)["servers"][0]["requests"]["ok"] == 1
+        assert get(port, certificate[0], (USER, PASSWORD), "/readyz")[::2] == (200, b"ready\n")
+        assert get(port, certificate[0], (USER, PASSWORD), "/status")[2].startswith(b"<!DOCTYPE")
     print(f"\nTLS scrape with basic auth: {status}, {len(body)} bytes in {elapsed * 1000:.1f} ms")
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -304,7 +309,8 @@ def test_missing_or_wrong_credentials_get_401_with_a_basic_challenge(
                 urllib.request.urlopen(request, timeout=10, context=context)
             with refused.value as error:
                 status, headers, body = error.code, error.headers, error.read()
-        for path in ("/", "/nope"):  # every path is behind the auth
+        for path in ("/", "/nope", "/status", "/status.json", "/livez", "/readyz"):
+            # every path is behind the auth
             assert get(port, certificate[0], credentials, path)[0] == 401
         assert get(port, certificate[0], (USER, PASSWORD))[0] == 200
     print(f"\n{status} {headers['WWW-Authenticate']}")  # never the credentials themselves

@@ -63,7 +63,7 @@ def _cpython_313_all() -> list[str]:
 
 
 CPYTHON_313_ALL = _cpython_313_all()
-SOCKHERD_EXTRA_NAMES = ["BindError", "install"]
+SOCKHERD_EXTRA_NAMES = ["BindError", "install", "describe_request"]
 if HAS_FORK:
     SOCKHERD_EXTRA_NAMES += ["PreforkMixIn", "PreforkTCPServer", "PreforkUDPServer"]
     if hasattr(socket, "AF_UNIX"):

@@ -18,7 +18,13 @@ from collections.abc import Callable, Iterator, Mapping
 from .._version import VERSION
 from ..server.request_stats import DURATION_BUCKETS, OUTCOMES
 from .exposition import Family, counter, gauge, histogram, info, process_families
-from .snapshot import SUPERVISOR_STATES, PoolSnapshot, ServerSnapshot, SupervisorSnapshot
+from .snapshot import (
+    EXIT_CAUSES,
+    SUPERVISOR_STATES,
+    PoolSnapshot,
+    ServerSnapshot,
+    SupervisorSnapshot,
+)
 
 REPORTED_STATES = ("starting", "idle", "busy", "stopping")
 
@@ -184,6 +190,37 @@ def _pool_families(pools: list[tuple[str, PoolSnapshot]], orphans: int) -> Itera
             restarts.add({"server": label, "reason": reason}, value, "_total")
     reaped.add({"server": pools[0][0]}, orphans, "_total")
     yield from (workers, desired, age, started, restarts, reaped)
+    yield from _worker_detail_families(pools)
+
+
+def _worker_detail_families(pools: list[tuple[str, PoolSnapshot]]) -> Iterator[Family]:
+    """Per-worker CPU and memory (from /proc), exits by cause, slow requests."""
+    cpu = counter("sockherd_worker_cpu_seconds", "CPU time (user + system) of each live worker")
+    memory = gauge(
+        "sockherd_worker_memory_bytes",
+        "Memory of each live worker: rss, pss (shared pages divided), uss (private)",
+    )
+    causes = counter(
+        "sockherd_worker_exits",
+        "Workers that ended, by cause (exit, signal, timeout, oom, recycled, stopped, "
+        "boot_failure)",
+    )
+    slow = counter(
+        "sockherd_slow_requests", "Requests that ran past slow_request_timeout (traceback logged)"
+    )
+    for label, pool in pools:
+        for worker in sorted(pool.workers, key=lambda w: w.slot):
+            labels = {"server": label, "worker": str(worker.slot)}
+            if worker.cpu_seconds is not None:
+                cpu.add(labels, worker.cpu_seconds, "_total")
+            for kind in ("rss", "pss", "uss"):
+                value = getattr(worker, kind)
+                if value is not None:
+                    memory.add({**labels, "kind": kind}, value)
+        for cause in EXIT_CAUSES:
+            causes.add({"server": label, "cause": cause}, pool.exit_causes.get(cause, 0), "_total")
+        slow.add({"server": label}, pool.slow_requests, "_total")
+    yield from (cpu, memory, causes, slow)
 
 
 def _add_exits(family: Family, label: str, kind: str, counts: Mapping[str, int]) -> None:

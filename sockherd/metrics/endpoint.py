@@ -5,7 +5,9 @@ connection are wake sources of the serve loop, so a scrape never blocks the
 loop, and a slow or malicious scraper costs one fd until `CLIENT_DEADLINE`.
 At most `MAX_CLIENTS` scrapes are served at once; further connections are
 closed at once.  Requests: `GET /metrics` (text format 0.0.4, see
-`exposition`), `GET /` (a pointer to /metrics); anything else gets 404 or 405.
+`exposition`), the operator's pages `/status.json`, `/status`, `/livez` and
+`/readyz` when given a snapshot source (`status_routes`), `GET /` (an index);
+anything else gets 404 or 405.
 The listening, accepting with back-off, deadlines and closing are
 `server.nonblocking_listener`'s; this module is the HTTP on top.
 
@@ -37,7 +39,7 @@ import ipaddress
 import logging
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..server import carried_listeners
@@ -45,9 +47,12 @@ from ..server.accept_backoff import AcceptBackoff
 from ..server.nonblocking_listener import AddSource, Client, NonBlockingListener, RemoveSource
 from .endpoint_security import REALM, BasicAuth
 from .exposition import CONTENT_TYPE, render
+from .status_routes import INDEX, STATUS_PATHS, status_response
 
 if TYPE_CHECKING:
     import ssl
+
+    from .snapshot import SupervisorSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,7 @@ _REQUEST_LINE = re.compile(rb"([A-Z]{1,16}) (/[\x21-\x7e]*) HTTP/1\.[01]\r?")
 _BLOCKED: tuple[type[BaseException], ...] = (BlockingIOError, InterruptedError)
 _REASONS = {
     200: "OK",
+    503: "Service Unavailable",
     400: "Bad Request",
     401: "Unauthorized",
     404: "Not Found",
@@ -100,8 +106,10 @@ class MetricsEndpoint:
         *,
         tls: ssl.SSLContext | None = None,
         basic_auth: BasicAuth | None = None,
+        snapshot_source: Callable[[], SupervisorSnapshot] | None = None,
     ) -> None:
         self.collectors = collectors
+        self.snapshot_source = snapshot_source
         self._tls = tls
         self._auth = basic_auth
         self._ssl_want_read: tuple[type[BaseException], ...] = ()
@@ -279,10 +287,13 @@ class MetricsEndpoint:
             body, content_type = self.render(headers.get("accept", ""))
             self.scrapes += 1
             self._respond(client, 200, b"" if method == "HEAD" else body, content_type=content_type)
+        elif target.split("?")[0] in STATUS_PATHS and self.snapshot_source is not None:
+            status, body, content_type = status_response(target, self.snapshot_source)
+            self._respond(client, status, b"" if method == "HEAD" else body, content_type)
         elif target == "/":
-            self._respond(client, 200, "sockherd: metrics at /metrics\n")
+            self._respond(client, 200, INDEX)
         else:
-            self._respond(client, 404, "not found: try /metrics\n")
+            self._respond(client, 404, "not found: try /metrics or /status\n")
 
     def render(self, accept: str) -> tuple[bytes, str]:
         """The exposition body (text format 0.0.4, whatever `accept` asks) and its type."""

@@ -104,6 +104,7 @@ class MetricsService(LoopHooks):
             server.remove_wake_source,
             tls=self._tls,
             basic_auth=self._auth,
+            snapshot_source=self.source,
         )
         for member in server.loop_members:
             _services[member] = self

@@ -42,6 +42,35 @@ class WorkerSnapshot:
     age: float  # seconds since it was forked
     heartbeat_age: float  # seconds since it last proved it is alive
     started_at: float  # Unix time
+    # The live record (busy workers): what the request is, whose, for how long.
+    request: str | None = None  # its description, or the peer when it has none
+    peer: str | None = None
+    request_elapsed: float | None = None  # seconds since the request began
+    # Read from /proc at status time (cached up to 1 s); None where unavailable.
+    cpu_seconds: float | None = None
+    rss: int | None = None
+    pss: int | None = None
+    uss: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitRecord:
+    """The last exit of one scoreboard slot's worker."""
+
+    slot: int
+    pid: int
+    cause: str  # one of EXIT_CAUSES
+    status: str  # "exit N" or "signal NAME"
+    at: float  # Unix time it was reaped
+    request: str | None  # the request it held, if any
+    peer: str | None
+    request_elapsed: float | None  # how long it had served that request
+
+
+EXIT_CAUSES = ("exit", "signal", "timeout", "oom", "recycled", "stopped", "boot_failure")
+"""Why a worker ended, as `ExitRecord.cause` and the `cause` label say: a crash with an
+exit code or a signal, killed for worker_timeout, killed by the kernel OOM killer,
+recycled (max_requests, max_worker_memory), told to stop, died while booting."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,11 +96,22 @@ class PoolSnapshot:
     exits: Mapping[str, int]  # by "exit N" / "signal NAME"
     fork_failures: Mapping[str, int]  # by errno name
     dead_slots: tuple[tuple[int, int], ...] = ()  # (slot, last pid) of reaped workers' slots
+    last_exits: tuple[ExitRecord, ...] = ()  # per slot, the last worker's exit
+    exit_causes: Mapping[str, int] = dataclasses.field(default_factory=dict)  # by EXIT_CAUSES
+    slow_requests: int = 0  # requests that ran past slow_request_timeout
+    accepted: int = 0  # requests taken by every worker that ever ran in this pool
+    max_workers_reached: int = 0  # episodes of every worker busy at once
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def busy(self) -> int:
         """Workers serving a request now."""
         return sum(1 for worker in self.workers if worker.state == "busy")
+
+    @property
+    def idle(self) -> int:
+        """Workers waiting for a request."""
+        return sum(1 for worker in self.workers if worker.state == "idle")
 
     @property
     def requests_total(self) -> int:

@@ -149,7 +149,7 @@ class BaseServer:
                 hook.loop_started(self)
             with _ServerSelector() as selector:
                 waiter = loop.waiter = LoopWait(
-                    self, loop.wake_sources, loop.guests, selector, wakeup
+                    self, loop.wake_sources, loop.guests, selector, wakeup, hooks
                 )
                 while not self._stop_now(hooks):
                     ready = waiter.wait(poll_interval)

@@ -60,6 +60,11 @@ class LoopHooks:
     def child_reaped(self, server: BaseServer, pid: int) -> None:
         """A child process of `server` has been reaped (its pid may be reused from now on)."""
 
+    def next_wake(self, server: BaseServer) -> float | None:
+        """The `time.monotonic()` by which the loop must make its next pass (None: no
+        deadline); the wait is cut short to meet it."""
+        return None
+
 
 LoopExtension = Callable[["BaseServer"], "LoopHooks | None"]
 

@@ -18,6 +18,7 @@ does not rebuild its selector on every iteration.
 from __future__ import annotations
 
 import selectors
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +40,10 @@ class LoopWait:
         guests: Sequence[Any],
         selector: selectors.BaseSelector,
         wakeup: WakeupPipe | None,
+        hooks: Sequence[Any] = (),
     ) -> None:
         self._server = server
+        self._hooks = hooks
         self._guests = guests
         self._selector = selector
         self._listening: set[Any] = set()  # the servers whose sockets are watched now
@@ -68,12 +71,18 @@ class LoopWait:
     def wait(self, timeout: float | None) -> bool:
         """Sleep up to `timeout` seconds; return True if the listening socket is readable.
 
+        A loop hook's `next_wake()` deadline cuts the sleep short.
         Returns False early when only wake sources fired (their callbacks have run).
         While the server's accept back-off is in force, or the server says it is
         not accepting (a prefork pool with no idle worker), the listening socket
         is not watched; a back-off also caps the sleep at the remaining pause.
         """
         server = self._server
+        for hook in self._hooks:  # a hook's deadline (slow requests) shortens the sleep
+            due = hook.next_wake(server)
+            if due is not None:
+                left = max(0.0, due - time.monotonic())
+                timeout = left if timeout is None else min(timeout, left)
         timeout = self._watch(server, _LISTENER, timeout)
         for guest in self._guests:
             timeout = self._watch(guest, guest._handle_request_noblock, timeout)

@@ -187,6 +187,11 @@ class Arbiter(LoopHooks):
         self.upgrader.after_iteration(now)
         self._finish_if_drained(now)
 
+    def next_wake(self, server: BaseServer) -> float | None:
+        """The earliest deadline of the pools (a request about to become slow)."""
+        wakes = [w for w in (pool.next_wake() for pool in self.pools.values()) if w is not None]
+        return min(wakes) if wakes else None
+
     def accepting(self, server: BaseServer) -> bool:
         """Prefork: only dispatch pools with an idle worker; nobody new while draining."""
         pool = self.pools.get(server)

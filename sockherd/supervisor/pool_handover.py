@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import socket
 from typing import TYPE_CHECKING, Any
 
-from ..workers.scoreboard import FoldedCounts, Scoreboard
+from ..workers.scoreboard import LAYOUT, FoldedCounts, Scoreboard
+from .reaper import ChildReaper
 from .spawner import WorkerHandle
 from .worker_process import AdoptedProcess
+from .worker_timeouts import send_signal
 
 if TYPE_CHECKING:
     from .worker_pool import WorkerPool
@@ -57,6 +60,7 @@ def carry_pool(pool: WorkerPool) -> dict[str, Any]:
         )
     return {
         "scoreboard": pool.scoreboard.fd,
+        "layout": LAYOUT,
         "size": pool.scoreboard.size,
         "generation": pool.generation,
         "folded": [dataclasses.asdict(folded) for folded in pool.scoreboard.folded],
@@ -79,10 +83,14 @@ def carried_scoreboard(carried: dict[str, Any]) -> Scoreboard:
     """The scoreboard the old image passed on, with its folded figures.
 
     Its size is the old pool's: the new settings may want more workers than it can
-    hold (a restart, not an upgrade, grows it).
+    hold (a restart, not an upgrade, grows it).  ValueError if the new code lays the
+    scoreboard out differently (`let_go()` then releases the old workers).
     """
     fd, size = int(carried["scoreboard"]), int(carried["size"])
     os.set_inheritable(fd, False)
+    if carried.get("layout") != LAYOUT:
+        os.close(fd)
+        raise ValueError("the new sockherd lays its scoreboard out differently")
     scoreboard = Scoreboard(size, inherited_fd=fd)
     scoreboard.folded = [FoldedCounts(**folded) for folded in carried["folded"]]
     return scoreboard
@@ -115,3 +123,23 @@ def adopt_pool(pool: WorkerPool, carried: dict[str, Any]) -> int:
     pool.generation = int(carried["generation"])
     pool.reload()
     return len(carried["workers"])
+
+
+def abandon_generation(pool: WorkerPool) -> None:
+    """A failed upgrade: the previous generation is current again; the new one stops."""
+    pool.generation -= 1
+    pool.boot_failures = 0
+    pool.spawner.next_spawn_at = 0.0
+    for handle in list(pool.workers.values()):
+        if handle.generation > pool.generation:
+            pool.stop_worker(handle)
+    pool.tick_due = True
+
+
+def let_go(carried: dict[str, Any], reaper: ChildReaper) -> None:
+    """The old workers cannot be adopted: ask each to stop after its request, reap them."""
+    for worker in carried["workers"]:
+        pid = int(worker["pid"])
+        os.close(int(worker["channel"]))
+        reaper.watch(pid, os.pidfd_open(pid), True, lambda status: None)
+        send_signal(pid, signal.SIGTERM)

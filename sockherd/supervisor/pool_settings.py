@@ -39,6 +39,8 @@ class PoolSettings:
     max_spare_workers: int
     autoscale_interval: float
     autoscale_cooldown: float
+    slow_request_timeout: float | None = None
+    slow_log: str | None = None
 
 
 def default_workers() -> int:

@@ -20,6 +20,9 @@ max_worker_memory    None    recycle a worker whose resident memory exceeds this
 worker_timeout       30      seconds one request (or a worker's boot) may take before
                              SIGABRT (traceback in the log) and, kill_grace later, SIGKILL
 kill_grace           2       seconds between SIGABRT and SIGKILL
+slow_request_timeout None    seconds after which a request's Python traceback is
+                             logged, once; it keeps running (see `slow_requests`)
+slow_log             None    file for those tracebacks instead of the log
 graceful_timeout     30      seconds a stopping server waits for requests in progress
 min_workers          1       lower bound for TTOU
 max_workers          None    upper bound for TTIN; None means 4 * os.cpu_count()
@@ -70,7 +73,7 @@ from ..metrics.snapshot import PoolSnapshot
 from ..server.read_deadline import check_read_timeout
 from ..server.socket_servers import TCPServer, UDPServer
 from .arbiter import Arbiter, supervising
-from .pool_handover import adopt_pool, carried_scoreboard
+from .pool_handover import adopt_pool, carried_scoreboard, let_go
 from .pool_settings import PoolSettings, default_max_workers, default_workers
 from .reaper import ChildReaper
 from .settings import ATTRIBUTES, PREFORK_ATTRIBUTES, validate_setting
@@ -115,6 +118,8 @@ class PreforkMixIn(_MixInHost):
     max_spare_workers = 4
     autoscale_interval = 1.0
     autoscale_cooldown = 10.0
+    slow_request_timeout: float | None = None
+    slow_log: str | None = None
 
     # sockherd state, created lazily (no mix-in __init__).
     _pool: WorkerPool | None = None
@@ -160,10 +165,16 @@ class PreforkMixIn(_MixInHost):
         """
         self._validate()
         settings = self.pool_settings()
+        if carried is not None:
+            try:
+                scoreboard = carried_scoreboard(carried)
+            except ValueError as error:
+                log.error("%s: the old workers stop and new ones start (counters restart)", error)
+                let_go(carried, reaper)
+                carried = None
         if carried is None:
             self._pool = WorkerPool(self, settings, reaper, on_child_reaped)
         else:
-            scoreboard = carried_scoreboard(carried)
             needed = len(carried["workers"]) + settings.workers
             if scoreboard.size < needed:
                 log.error(
@@ -195,6 +206,8 @@ class PreforkMixIn(_MixInHost):
             max_spare_workers=self.max_spare_workers,
             autoscale_interval=self.autoscale_interval,
             autoscale_cooldown=self.autoscale_cooldown,
+            slow_request_timeout=self.slow_request_timeout,
+            slow_log=self.slow_log,
         )
 
     def pool_snapshot(self) -> PoolSnapshot | None:

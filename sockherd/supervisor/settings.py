@@ -204,6 +204,12 @@ TABLE: dict[str, Setting] = {setting.name: setting for setting in (
         nullable=True, deprecated_names=("timeout",),
     ),
     _prefork("kill_grace", SECONDS, 2.0, "seconds from a timed-out worker's SIGABRT to SIGKILL"),
+    _prefork(
+        "slow_request_timeout", SECONDS, None,
+        "log the Python traceback of a request running this long (once; it keeps running)",
+        nullable=True,
+    ),
+    _prefork("slow_log", FILE, None, "write slow-request tracebacks here instead of the log"),
     Setting("graceful_timeout", SECONDS, 30.0, "seconds a stopping server lets requests in "
             "progress finish", scope="server", attribute="graceful_timeout"),
     Setting("upgrade_timeout", SECONDS, 60.0, "seconds an in-place upgrade's new workers get to "

@@ -42,7 +42,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..server import carried_listeners
-from .pool_handover import carry_pool, keep_pool_private
+from .pool_handover import abandon_generation, carry_pool, keep_pool_private
 from .preflight_run import PreflightRun, reason_of
 from .signals import ORPHAN_SIGNALS, SUPERVISOR_SIGNALS
 from .supervisor_state import State
@@ -225,7 +225,7 @@ class Upgrader:
                 f" ({failures} failed to boot)" if failures else ""
             )
             for pool in pools:
-                pool.abandon_generation()
+                abandon_generation(pool)
             log.error("upgrade: %s; the old workers go on serving", reason)
             self._finish("not_ready", reason)
             self.arbiter.state.move(State.RUNNING)

@@ -2,7 +2,7 @@
 
 A reaped worker is classified from facts the supervisor holds -- whether it was
 told to stop, the state its scoreboard slot was left in, whether its request ran
-past `worker_timeout`, its exit status -- by the first matching row of
+past `worker_timeout`, its exit status, an OOM kill -- by the first matching row of
 `RESTART_REASONS`.  The reason is counted (`sockherd_worker_restarts_total`) and
 logged by the pool; a boot failure also delays the next start (see `spawner`).
 """
@@ -10,13 +10,10 @@ logged by the pool; a boot failure also delays the next start (see `spawner`).
 from __future__ import annotations
 
 import enum
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..workers.lifecycle import WorkerState
-
-log = logging.getLogger("sockherd.supervisor.worker_pool")
 
 
 class RestartReason(enum.Enum):
@@ -26,6 +23,7 @@ class RestartReason(enum.Enum):
     BOOT_FAILURE = "boot_failure"  # died before it reported ready
     TIMEOUT = "timeout"  # killed for running past worker_timeout
     RECYCLED = "recycled"  # left by itself after max_requests or max_worker_memory
+    OOM = "oom"  # SIGKILLed by the kernel's OOM killer (see `pool_exits.OomWatch`)
     CRASHED = "crashed"  # anything else: a signal, an unexpected exit
 
 
@@ -37,9 +35,11 @@ class ExitFacts:
     last_state: WorkerState  # the state its slot was left in
     timed_out: bool  # the pool sent it SIGABRT for worker_timeout
     exitcode: int  # as multiprocess reports it: negative for a signal
+    oom_killed: bool = False  # SIGKILL not ours, and the cgroup's OOM-kill counter grew
 
 
 RESTART_REASONS: tuple[tuple[Callable[[ExitFacts], bool], RestartReason], ...] = (
+    (lambda f: f.oom_killed, RestartReason.OOM),
     (lambda f: f.stop_requested, RestartReason.STOPPED),
     (lambda f: f.last_state == WorkerState.STARTING, RestartReason.BOOT_FAILURE),
     (lambda f: f.timed_out, RestartReason.TIMEOUT),
@@ -64,36 +64,3 @@ def wait_status(exitcode: int) -> int:
     if exitcode < 0:
         return -exitcode
     return (exitcode & 0xFF) << 8
-
-
-def log_worker_exit(
-    index: int,
-    pid: int,
-    reason: RestartReason,
-    description: str,
-    facts: ExitFacts,
-    delay: float,
-) -> None:
-    """One log line for a worker that ended (none for a requested stop); `delay`: the
-    back-off before the next start, after a boot failure."""
-    from ..workers.worker_loop import BOOT_FAILURE_EXIT
-
-    if reason is RestartReason.BOOT_FAILURE:
-        log.error(
-            "worker %d (pid %d) died while booting (%s%s); next start in %.1f s",
-            index,
-            pid,
-            description,
-            ", worker_setup() raised" if facts.exitcode == BOOT_FAILURE_EXIT else "",
-            delay,
-        )
-    elif reason is RestartReason.RECYCLED:
-        log.info("worker %d (pid %d) recycled", index, pid)
-    elif reason is RestartReason.CRASHED:
-        log.warning(
-            "worker %d (pid %d) exited on %s while %s, replacing",
-            index,
-            pid,
-            description.removeprefix("signal "),
-            facts.last_state.name.lower(),
-        )

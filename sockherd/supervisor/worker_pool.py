@@ -26,41 +26,36 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import select
 import signal
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..server.child_exits import describe_wait_status
 from ..server.listen_queue import queued_connections
 from ..workers.lifecycle import WorkerState
+from ..workers.proc_stats import ProcessReadings
 from ..workers.scoreboard import Scoreboard
 from ..workers.worker_loop import READY, set_listener_heartbeat
 from .autoscaler import Autoscaler
 from .dispatcher import Dispatcher
+from .pool_exits import OomWatch, worker_exited
 from .pool_settings import PoolSettings
 from .pool_snapshot import pool_snapshot
 from .reaper import ChildReaper
+from .slow_requests import SlowRequests
 from .spawner import Spawner, WorkerHandle, exit_fd_of
-from .worker_exits import (
-    ExitFacts,
-    RestartReason,
-    classify_exit,
-    log_worker_exit,
-    wait_status,
-)
-from .worker_process import exit_code_taken, record_exit
 from .worker_timeouts import enforce_timeouts, kill_group, send_signal
 
 if TYPE_CHECKING:
-    from ..metrics.snapshot import PoolSnapshot
+    from ..metrics.snapshot import ExitRecord, PoolSnapshot
     from .pool_settings import PreforkServer
 
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL = 0.05  # seconds between tick()s while nothing changes
+READINGS_WATCH = 10.0  # seconds after a status or scrape during which readings stay fresh
+READINGS_BUDGET = 0.003  # seconds of /proc reading per tick() while watched
 
 
 class WorkerPool:
@@ -88,6 +83,15 @@ class WorkerPool:
         self.workers: dict[int, WorkerHandle] = {}
         self.exit_counts: collections.Counter[str] = collections.Counter()
         self.restarts: collections.Counter[str] = collections.Counter()
+        self.exit_causes: collections.Counter[str] = collections.Counter()
+        self.last_exits: dict[int, ExitRecord] = {}  # per slot
+        self.readings = ProcessReadings()
+        self.watched_until = 0.0  # a status or scrape looked: keep readings fresh until then
+        self.readings_fresh = True
+        self.oom = OomWatch()
+        self.slow = SlowRequests.of(settings)
+        self.max_workers_reached = 0
+        self._all_busy = False
         self.boot_failures = 0
         self.stop_deadline: float | None = None  # set by begin_stop()
         self.stop_told = False  # every worker has been told to stop
@@ -160,49 +164,44 @@ class WorkerPool:
             log.info("%d worker%s ready", ready, "" if ready == 1 else "s")
 
     def worker_exited(self, index: int, status: int | None) -> None:
-        """The reaper took this worker's exit status (None: multiprocess took it first, and
-        the adapter has it): count, classify, free its slot."""
-        handle = self.workers.pop(index)
-        self.tick_due = True  # replace it
-        if status is None:
-            code = exit_code_taken(handle.process)
-            status = wait_status(code)
-        else:
-            code = os.waitstatus_to_exitcode(status)
-            record_exit(handle.process, code)
-        slot = self.scoreboard.slots[index]
-        facts = ExitFacts(
-            stop_requested=bool(slot.stop) or self.stop_deadline is not None,
-            last_state=WorkerState(slot.state),
-            timed_out=handle.timeout_abort_at is not None,
-            exitcode=code,
-        )
-        reason = classify_exit(facts)
-        description = describe_wait_status(status)
-        self.exit_counts[description] += 1
-        self.restarts[reason.value] += 1
-        if handle.channel_open:
-            self.server.remove_wake_source(handle.channel.fileno())
-        handle.channel.close()
-        handle.process.close()
-        if self.dispatcher is not None:
-            self.dispatcher.forget(index)
-        lost = None
-        if self.scoreboard.request_in_hand(index):
-            lost = "timeouts" if facts.timed_out else "aborted"
-        self.scoreboard.release(index, lost)
-        self.on_child_reaped(handle.pid)
-        delay = 0.0
-        if reason is RestartReason.BOOT_FAILURE:
-            self.boot_failures += 1
-            delay = self.spawner.back_off(self.boot_failures)
-        log_worker_exit(handle.index, handle.pid, reason, description, facts, delay)
+        """The reaper took this worker's exit status: see `pool_exits.worker_exited`."""
+        worker_exited(self, index, status)
 
     # --- housekeeping -------------------------------------------------------------------
 
     def housekeeping_due(self, now: float) -> bool:
-        """Whether tick() should run now: something changed, or the interval has passed."""
-        return self.tick_due or now >= self.next_tick
+        """Whether tick() should run now: something changed, the interval has passed, or a
+        request has become slow."""
+        if self.tick_due or now >= self.next_tick:
+            return True
+        due = self.next_wake()
+        return due is not None and now >= due
+
+    def next_wake(self) -> float | None:
+        """The monotonic time the loop must run tick() by: a request about to become
+        slow, or the next batch of /proc readings while someone watches."""
+        wakes = []
+        if self.slow is not None:
+            wakes.append(self.slow.next_deadline(self.scoreboard, self.workers))
+        if not self.readings_fresh:
+            wakes.append(self.next_tick)
+        return min((w for w in wakes if w is not None), default=None)
+
+    def refresh_readings(self, budget: float, watched: bool = False) -> None:
+        """Re-read stale /proc figures of live workers for about `budget` seconds; a
+        `watched` call (a status or scrape) keeps housekeeping refreshing for 10 s."""
+        now = time.monotonic()
+        if watched:
+            self.watched_until = now + READINGS_WATCH
+        elif now >= self.watched_until:
+            self.readings_fresh = True
+            return
+        pids = [handle.pid for handle in self.workers.values()]
+        if watched:  # a status request reads only workers never read; housekeeping the rest
+            self.readings.refresh(pids, budget, only_new=True)
+            self.readings_fresh = False
+            return
+        self.readings_fresh = self.readings.refresh(pids, budget)
 
     def tick(self, now: float) -> None:
         """Enforce timeouts, then drain, or autoscale and bring the pool to its shape."""
@@ -215,12 +214,26 @@ class WorkerPool:
             self.settings.kill_grace,
             now,
         )
+        if self.slow is not None:
+            self.slow.check(self.scoreboard, list(self.workers.values()), now)
+        self._note_saturation()
+        if not self.readings_fresh or now < self.watched_until:
+            self.refresh_readings(READINGS_BUDGET)
         if self.stop_deadline is not None:
             self.drain_step(now)
             return
         if self.autoscaler is not None:
             self.autoscale(now)
         self.reconcile(now)
+
+    def _note_saturation(self) -> None:
+        """Count each episode of every worker busy at once (php-fpm's "max children
+        reached"), as housekeeping sees it: an episode shorter than a tick may be missed."""
+        current = self.current()
+        saturated = bool(current) and all(self._state(h) == WorkerState.BUSY for h in current)
+        if saturated and not self._all_busy:
+            self.max_workers_reached += 1
+        self._all_busy = saturated
 
     def autoscale(self, now: float) -> None:
         """Let the autoscaler adjust `desired` from idle workers and the listen backlog."""
@@ -307,16 +320,6 @@ class WorkerPool:
         self.tick_due = True
         log.info("reloading: starting generation %d", self.generation)
 
-    def abandon_generation(self) -> None:
-        """A failed upgrade: the previous generation is current again; the new one stops."""
-        self.generation -= 1
-        self.boot_failures = 0
-        self.spawner.next_spawn_at = 0.0
-        for handle in list(self.workers.values()):
-            if handle.generation > self.generation:
-                self.stop_worker(handle)
-        self.tick_due = True
-
     # --- stopping -------------------------------------------------------------------------
 
     def begin_stop(self, graceful: bool, now: float) -> None:
@@ -391,4 +394,6 @@ class WorkerPool:
     def close(self) -> None:
         """Release the scoreboard once no worker is left."""
         self.closed = True
+        if self.slow is not None:
+            self.slow.close()
         self.scoreboard.close()

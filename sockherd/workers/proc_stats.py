@@ -112,6 +112,29 @@ class ProcessReadings:
         self._cache[pid] = (now, reading)
         return reading
 
+    def cached(self, pid: int) -> ProcessFigures | None:
+        """`pid`'s last reading, however old (None if never read or unavailable)."""
+        cached = self._cache.get(pid)
+        return cached[1] if cached is not None else None
+
+    def refresh(self, pids: list[int], budget: float, only_new: bool = False) -> bool:
+        """Re-read the readings of `pids` older than `max_age`, stalest first, for at most
+        about `budget` seconds (at least one read); return whether all are fresh now.
+
+        Reading smaps_rollup costs ~0.3 ms per worker: a big pool is refreshed over
+        several calls (the pool spreads them over its loop passes) so that no status
+        request or loop pass reads hundreds of processes at once.
+        """
+        now = time.monotonic()
+        stale = [p for p in pids if p not in self._cache or now - self._cache[p][0] >= self.max_age]
+        stale.sort(key=lambda p: self._cache[p][0] if p in self._cache else 0.0)
+        deadline = now + budget
+        for done, pid in enumerate(stale):
+            if done and time.monotonic() >= deadline:
+                return False
+            self.figures(pid)
+        return True
+
     def forget(self, pid: int) -> None:
         """Drop `pid`'s cached reading (it was reaped; the pid may be reused)."""
         self._cache.pop(pid, None)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from ..server.request_stats import DURATION_BUCKETS, bucket_index
 from .lifecycle import TRANSITIONS, IllegalTransition, WorkerState
+from .live_record import DESCRIPTION_BYTES, PEER_BYTES
 
 BUCKETS = len(DURATION_BUCKETS) + 1  # the last one is +Inf
 
@@ -41,6 +42,10 @@ class Slot(ctypes.Structure):
         ("begun", ctypes.c_uint64),  # requests started: see Scoreboard.request_in_hand()
         ("duration_sum", ctypes.c_double),
         ("buckets", ctypes.c_uint64 * BUCKETS),  # non-cumulative
+        # The live record (see `live_record`): the request in hand, written as it begins.
+        ("request_started", ctypes.c_double),
+        ("peer", ctypes.c_char * PEER_BYTES),
+        ("description", ctypes.c_char * DESCRIPTION_BYTES),
     ]
 
 
@@ -48,6 +53,19 @@ class Header(ctypes.Structure):
     """Pool-wide flags the workers read."""
 
     _fields_ = [("draining", ctypes.c_int32)]  # 1: the whole server stops; drain the backlog
+
+
+def _layout(*structures: type[ctypes.Structure]) -> str:
+    return ";".join(
+        f"{name}:{ctypes.sizeof(kind)}"
+        for structure in structures
+        for name, kind, *_ in structure._fields_  # noqa: SLF001 (ctypes' own declaration)
+    )
+
+
+LAYOUT = _layout(Header, Slot)
+"""The memory layout, as an in-place upgrade checks it: the new image adopts a carried
+scoreboard only if its code reads the same layout."""
 
 
 @dataclass

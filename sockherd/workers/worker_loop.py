@@ -41,6 +41,7 @@ import time
 from typing import Any
 
 from ..server.read_deadline import limit_reads, outcome_of_failure
+from . import live_record, slow_traceback
 from .fd_passing import receive_connection
 from .lifecycle import WorkerState
 from .scoreboard import Scoreboard
@@ -124,6 +125,9 @@ class Worker:
             traceback.print_exc()
             sys.stderr.flush()
             return BOOT_FAILURE_EXIT
+        slow_traceback.arm(self.server)
+        live_record.attach(self.scoreboard.slots[self.index])
+        live_record.describe_http_requests(self.server)
         self.scoreboard.set_state(self.index, WorkerState.IDLE)
         self.tell(READY)
         listener = self.server.socket
@@ -233,6 +237,7 @@ class Worker:
         self.scoreboard.set_state(self.index, WorkerState.BUSY)
         self.scoreboard.begin_request(self.index)
         began = time.monotonic()
+        live_record.begin(self.scoreboard.slots[self.index], client_address, began)
         outcome = "ok"
         try:
             self.server.finish_request(request, client_address)
