@@ -48,6 +48,7 @@ from .reaper import ChildReaper
 from .signals import ORPHAN_SIGNALS, SignalRelay
 from .subreaper import take_orphan_duty
 from .supervisor_state import State, SupervisorState
+from .systemd_hooks import attach_systemd_hooks
 from .worker_pool import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class Arbiter(LoopHooks):
         for guest in self.servers[1:]:
             guest.join_loop(self.host)
         self.host.attach_loop_hooks(self)
+        poll_interval = attach_systemd_hooks(self, poll_interval)  # with $NOTIFY_SOCKET
         try:
             self.host.serve_forever(poll_interval)
         finally:
