@@ -197,8 +197,15 @@ def test_ready_once_the_workers_are_ready_from_the_supervisor_itself(listener):
         assert ready.sender == server.pid  # what NotifyAccess=main checks
         assert ready["STATUS"].startswith("running: 2 workers (2 idle, 0 busy)"), ready
         server.wait_for_log("2 workers ready", timeout=1)  # logged by then, not later
-        assert request(server.address, b"echo hi\n").endswith(b" hi\n")
+        for _ in range(20):
+            assert request(server.address, b"echo hi\n").endswith(b" hi\n")
+        wait_until(lambda: _rate(listener.wait_for("STATUS")) > 0, timeout=20)
         assert [m for m in listener.received if "READY" in m] == [ready]
+
+
+def _rate(message: Message) -> float:
+    """The requests per second a STATUS= line reports."""
+    return float(message["STATUS"].rpartition(", ")[2].removesuffix(" req/s"))
 
 
 @pytest.mark.parametrize("mode", ["sync", "thread", "fork"])
