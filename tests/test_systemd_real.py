@@ -60,7 +60,7 @@ STAND_INS = ("sysinit", "basic", "shutdown", "network", "sockets")  # DefaultDep
 class RealSystemd:
     """systemd as PID 1 of new namespaces, serving sockherd.service with `drop_in` added."""
 
-    def __init__(self, tmp_path: Any, drop_in: str) -> None:
+    def __init__(self, tmp_path: Any, drop_in: str, socket_activation: bool = False) -> None:
         self.units = tmp_path / "units"
         (self.units / "sockherd.service.d").mkdir(parents=True)
         self.log_path = tmp_path / "service.log"
@@ -81,7 +81,15 @@ class RealSystemd:
         )
         for name in STAND_INS:
             (self.units / f"{name}.target").write_text(f"[Unit]\nDescription={name} stand-in\n")
-        (self.units / "test.target").write_text("[Unit]\nWants=sockherd.service\n")
+        wanted = "sockherd.service"
+        if socket_activation:
+            wanted = "sockherd.socket"
+            shutil.copy(os.path.join(PROJECT_ROOT, "docker/systemd/sockherd.socket"), self.units)
+            shutil.copy(
+                os.path.join(PROJECT_ROOT, "docker/systemd/drop-ins/socket-activation.conf"),
+                self.units / "sockherd.service.d",
+            )
+        (self.units / "test.target").write_text(f"[Unit]\nWants={wanted}\n")
         self.cgroup = f"sockherd-test-{uuid.uuid4().hex[:8]}"
         inner = tmp_path / "pid1.sh"
         inner.write_text(
@@ -116,10 +124,12 @@ class RealSystemd:
         assert not check or done.returncode == 0, done
         return done
 
-    def show(self, *properties: str, check: bool = True) -> dict[str, str]:
-        """Properties of sockherd.service ({} while systemd's bus is not up, unchecked)."""
+    def show(
+        self, *properties: str, check: bool = True, unit: str = "sockherd.service"
+    ) -> dict[str, str]:
+        """Properties of `unit` ({} while systemd's bus is not up, unchecked)."""
         names = [f"-p{name}" for name in properties]
-        reply = self.run("systemctl", "show", "sockherd", *names, check=check).stdout
+        reply = self.run("systemctl", "show", unit, *names, check=check).stdout
         return dict(line.split("=", 1) for line in reply.splitlines() if "=" in line)
 
     def wait_active(self, timeout: float = 30.0) -> dict[str, str]:
@@ -224,5 +234,41 @@ def test_a_stopped_supervisor_misses_its_pings_and_systemd_restarts_it(tmp_path)
                 "MainPID": restarted["MainPID"],
                 "NRestarts": "1",
             }
+    finally:
+        systemd.close()
+
+
+def test_socket_activation_starts_the_service_and_keeps_connections_across_a_restart(tmp_path):
+    systemd = RealSystemd(tmp_path, "", socket_activation=True)
+    try:
+        wait_until(
+            lambda: (
+                systemd.show("ActiveState", unit="sockherd.socket", check=False).get("ActiveState")
+                == "active"
+            ),
+            timeout=30,
+            interval=0.05,
+        )
+        assert systemd.show("ActiveState")["ActiveState"] == "inactive"  # not started yet
+        first = client(systemd, "echo first")  # systemd holds it in the backlog, starts sockherd
+        reply, _ = first.communicate(timeout=30)
+        assert "first" in reply, reply
+        started = systemd.wait_active()
+        assert "listening on tcp://127.0.0.1:8000" in systemd.log
+        # a restart while a request holds the old process in its drain: the socket stays
+        # bound, so clients arriving meanwhile wait in its backlog and are answered
+        held = client(systemd, "sleep 3 held")
+        wait_until(lambda: "1 busy" in systemd.show("StatusText")["StatusText"], timeout=20)
+        restart = subprocess.Popen(
+            ["nsenter", "-t", str(systemd.pid), "-a", "systemctl", "restart", "sockherd.service"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_until(lambda: systemd.show("ActiveState")["ActiveState"] == "deactivating", 20)
+        during = [client(systemd, f"echo during{n}") for n in range(5)]
+        assert restart.wait(60) == 0
+        replies = [each.communicate(timeout=30)[0] for each in (held, *during)]
+        assert "held" in replies[0], replies
+        assert all(f"during{n}" in reply for n, reply in enumerate(replies[1:])), replies
+        assert systemd.wait_active()["MainPID"] != started["MainPID"]
     finally:
         systemd.close()
