@@ -79,6 +79,7 @@ class SystemdHooks(LoopHooks):
         self.status = ""
         self.counted: tuple[float, int] | None = None  # (when, requests finished) last status
         self.rate = 0.0
+        self.failures = 0  # exceptions caught (only the first is logged)
         arbiter.state.listeners.append(self.state_changed)
 
     @classmethod
@@ -106,7 +107,14 @@ class SystemdHooks(LoopHooks):
     # --- the state table's listener ----------------------------------------------------
 
     def state_changed(self, old: State, new: State) -> None:
-        """Tell systemd about a move of the supervisor's state."""
+        """Tell systemd about a move of the supervisor's state (never raises: it runs
+        inside `SupervisorState.move()`, and systemd must not break the Arbiter)."""
+        try:
+            self._state_changed(old, new)
+        except Exception:
+            self._failed("a state change")
+
+    def _state_changed(self, old: State, new: State) -> None:
         self.ready_due = new is State.RUNNING
         if new in (State.RELOADING, State.UPGRADING):
             self.sender.send(
@@ -122,7 +130,19 @@ class SystemdHooks(LoopHooks):
     # --- the loop hooks --------------------------------------------------------------
 
     def after_iteration(self, server: BaseServer) -> None:
-        """After the Arbiter's housekeeping: READY, drain extensions, status, watchdog."""
+        """After the Arbiter's housekeeping: READY, drain extensions, status, watchdog
+        (never raises: a failure here is logged and the loop goes on, without a ping)."""
+        try:
+            self._after_iteration()
+        except Exception:
+            self._failed("the loop's report")
+
+    def _failed(self, what: str) -> None:
+        if not self.failures:
+            log.exception("systemd notify: %s failed; the supervisor goes on", what)
+        self.failures += 1
+
+    def _after_iteration(self) -> None:
         now = time.monotonic()
         if self.ready_due and self._generation_ready():
             self.ready_due = False
