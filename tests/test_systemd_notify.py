@@ -492,3 +492,34 @@ def _server_snapshot(pool: Any) -> Any:
 
     return ServerSnapshot("s", "prefork" if pool else "sync", {}, (), 0.0, 0, {}, {}, None, None,
                           None, pool)  # fmt: skip
+
+
+def test_an_upgrade_is_a_reload_to_systemd(path_listener):
+    """UPGRADING (the in-place upgrade's state) says RELOADING=1 with MONOTONIC_USEC, and
+    the move back to RUNNING says READY=1, as a HUP's reload does."""
+    from sockherd.supervisor.arbiter import Arbiter
+    from sockherd.supervisor.supervisor_state import State
+    from sockherd.supervisor.systemd_hooks import SystemdHooks
+
+    with sockherd.TCPServer(("127.0.0.1", 0), sockherd.StreamRequestHandler) as server:
+        arbiter = Arbiter([server], install_signals=False)
+        sender = NotifySocket(path_listener.address)
+        hooks = SystemdHooks(arbiter, sender, watchdog=1.0)
+        try:
+            assert hooks.wait_bound(0.5) == 0.25  # a quarter of WATCHDOG_USEC
+            arbiter.state.move(State.RUNNING)
+            hooks.after_iteration(server)
+            assert path_listener.wait_for("READY", 5)["STATUS"].startswith("running")
+            before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            arbiter.state.move(State.UPGRADING)
+            after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            upgrading = path_listener.wait_for("RELOADING", 5)
+            assert before <= int(upgrading["MONOTONIC_USEC"]) <= after
+            assert upgrading["STATUS"].startswith("upgrading")
+            arbiter.state.move(State.RUNNING)
+            hooks.after_iteration(server)
+            assert path_listener.wait_for("READY", 5)["MAINPID"] == str(os.getpid())
+        finally:
+            arbiter.state.listeners.clear()
+            sender.close()
+            arbiter.close()
