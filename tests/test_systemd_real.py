@@ -4,11 +4,14 @@ PID, mount, UTS, IPC, network and cgroup namespaces (`unshare`), the way a conta
 Nothing of the host is touched: systemd sees only the units of the test (the shipped
 service, with ExecStart pointing into the venv, plus a test drop-in and empty stand-ins for
 the targets it depends on), a tmpfs on /run, its own loopback, and its own cgroup
-subtree, removed afterwards.  The test drop-in turns DynamicUser off and makes /root
-readable (the venv's interpreter lives there) and shortens the timeouts; every other line
-of the unit -- Type=notify, NotifyAccess=main, KillMode=mixed, the hardening -- is the
-shipped one.  Skipped where it cannot run: not root, no /lib/systemd/systemd, no cgroup v1
-name=systemd hierarchy, or a host that itself runs systemd.
+subtree, removed afterwards.  Most tests run the venv's interpreter, which lives under
+/root: their drop-in turns DynamicUser off and makes /root readable, and shortens the
+timeouts; every other line of the unit -- Type=notify, NotifyAccess=main, KillMode=mixed,
+the rest of the hardening -- is the shipped one.  One test runs the unit exactly as shipped
+(DynamicUser, ProtectHome=yes, PrivateTmp) with Debian's /usr/bin/python3 and the venv's
+packages on PYTHONPATH, where they are readable by any user.  Skipped where it cannot run:
+not root, no /lib/systemd/systemd, no cgroup v1 name=systemd hierarchy, or a host that
+itself runs systemd.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import textwrap
 import time
 import uuid
@@ -54,28 +58,73 @@ pytestmark = [
     pytest.mark.timeout(120),
 ]
 
+SYSTEM_PYTHON = "/usr/bin/python3"
+SITE_PACKAGES = sysconfig.get_paths()["purelib"]
+
+
+def _readable_by_anyone(path: str) -> bool:
+    """Whether a process of another uid can reach and read `path` (every directory above
+    it searchable, the path itself readable)."""
+    path = os.path.abspath(path)
+    while True:
+        mode = os.stat(path).st_mode
+        if not mode & 0o001 or (path != "/" and not mode & 0o004):
+            return False
+        if path == "/":
+            return True
+        path = os.path.dirname(path)
+
+
+def _why_not_as_shipped() -> str | None:
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        return f"needs {SYSTEM_PYTHON}"
+    version = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
+        capture_output=True, text=True, check=False,
+    ).stdout.strip()  # fmt: skip
+    if version != str(sys.version_info[:2]):
+        return f"{SYSTEM_PYTHON} is {version}, the venv's packages are for {sys.version_info[:2]}"
+    for path in (PROJECT_ROOT, TESTS, SITE_PACKAGES):
+        if not _readable_by_anyone(path) or path.startswith(("/root/", "/home/", "/tmp/")):
+            return f"DynamicUser with ProtectHome and PrivateTmp cannot read {path}"
+    return None
+
+
 STAND_INS = ("sysinit", "basic", "shutdown", "network", "sockets")  # DefaultDependencies
 
 
 class RealSystemd:
     """systemd as PID 1 of new namespaces, serving sockherd.service with `drop_in` added."""
 
-    def __init__(self, tmp_path: Any, drop_in: str, socket_activation: bool = False) -> None:
+    def __init__(
+        self,
+        tmp_path: Any,
+        drop_in: str,
+        socket_activation: bool = False,
+        as_shipped: bool = False,
+    ) -> None:
         self.units = tmp_path / "units"
         (self.units / "sockherd.service.d").mkdir(parents=True)
         self.log_path = tmp_path / "service.log"
         self.log_path.touch()
-        bin_dir = os.path.dirname(sys.executable)
         with open(os.path.join(PROJECT_ROOT, "docker/systemd/sockherd.service")) as shipped:
-            unit = shipped.read().replace("/opt/sockherd/bin/", bin_dir + "/")
+            unit = shipped.read()
+        if as_shipped:  # every line as shipped, DynamicUser and ProtectHome=yes included
+            unit = unit.replace("/opt/sockherd/bin/sockherd", f"{SYSTEM_PYTHON} -m sockherd")
+            environment = f"PYTHONPATH={PROJECT_ROOT}:{TESTS}:{SITE_PACKAGES}\n"
+        else:  # the venv's interpreter lives under /root: no DynamicUser, /root readable
+            unit = unit.replace("/opt/sockherd/bin/", os.path.dirname(sys.executable) + "/")
+            private_tmp = "no" if PROJECT_ROOT.startswith("/tmp/") else "yes"  # see the tests
+            environment = (
+                f"PYTHONPATH={TESTS}\nDynamicUser=no\nProtectHome=read-only\n"
+                f"PrivateTmp={private_tmp}\n"
+            )
         unit = unit.replace(
             "sockherd.examples.hello_http:HelloHandler", "prefork_handlers:Commands"
         )
         (self.units / "sockherd.service").write_text(unit)
-        private_tmp = "no" if PROJECT_ROOT.startswith("/tmp/") else "yes"  # it must see the tests
         (self.units / "sockherd.service.d/test.conf").write_text(
-            "[Service]\nDynamicUser=no\nProtectHome=read-only\n"
-            f"PrivateTmp={private_tmp}\nEnvironment=PYTHONPATH={TESTS}\n"
+            f"[Service]\nEnvironment={environment}"
             f"Environment=SOCKHERD_WORKERS=2\nStandardError=file:{self.log_path}\n"
             + textwrap.dedent(drop_in)
         )
@@ -270,5 +319,29 @@ def test_socket_activation_starts_the_service_and_keeps_connections_across_a_res
         assert "held" in replies[0], replies
         assert all(f"during{n}" in reply for n, reply in enumerate(replies[1:])), replies
         assert systemd.wait_active()["MainPID"] != started["MainPID"]
+    finally:
+        systemd.close()
+
+
+@pytest.mark.skipif(_why_not_as_shipped() is not None, reason=str(_why_not_as_shipped()))
+def test_the_unit_as_shipped_runs_under_its_dynamic_user_and_hardening(tmp_path):
+    systemd = RealSystemd(tmp_path, "", as_shipped=True)
+    try:
+        state = systemd.wait_active()
+        assert state["StatusText"].startswith("running: 2 workers (2 idle, 0 busy)"), state
+        first = client(systemd, "echo shipped")
+        assert "shipped" in first.communicate(timeout=30)[0]
+        user = systemd.run("ps", "-o", "user=", "-p", state["MainPID"]).stdout.strip()
+        assert user not in ("root", "0"), user  # a transient uid
+        status = systemd.run(
+            "env", f"PYTHONPATH={PROJECT_ROOT}:{SITE_PACKAGES}", SYSTEM_PYTHON, "-m", "sockherd",
+            "ctl", "--control", "/run/sockherd/control.sock", "status",
+        ).stdout  # fmt: skip
+        assert "2 workers (2 wanted)" in status, status
+        systemd.run("systemctl", "stop", "sockherd")
+        assert systemd.show("Result", "ExecMainStatus") == {
+            "Result": "success",
+            "ExecMainStatus": "0",
+        }
     finally:
         systemd.close()
