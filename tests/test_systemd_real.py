@@ -151,9 +151,10 @@ class RealSystemd:
             for path in CGROUPS
         )
         self.process = subprocess.Popen(
-            ["sh", "-c", enter + "exec unshare --pid --fork --mount --uts --ipc --net --cgroup "
-             f"--mount-proc sh {inner}"],
+            ["sh", "-c", enter + "exec unshare --pid --fork --kill-child=SIGKILL --mount --uts "
+             f"--ipc --net --cgroup --mount-proc sh {inner}"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )  # fmt: skip
         self.pid = wait_until(self._pid1, timeout=20)
 
@@ -201,6 +202,15 @@ class RealSystemd:
         for path in CGROUPS:
             for root, _dirs, _files in sorted(os.walk(f"{path}/{self.cgroup}"), reverse=True):
                 wait_until(lambda root=root: _rmdir(root), timeout=10)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the test process dies (PR_SET_PDEATHSIG), so
+    unshare dies and, with --kill-child, so does the namespace's systemd: a test killed on
+    its timeout leaves no systemd behind."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
 
 
 def _rmdir(path: str) -> bool:
