@@ -50,8 +50,8 @@ bench-quick: $(STAMP)
 	$(VENV)/bin/python bench/run.py --quick $(ARGS)
 
 ## make lint: ruff (lint and format check), the layers and no-cycles contracts (import-linter),
-## mypy, the package's shape (module sizes, type: ignore budget), hadolint on the Dockerfile
-## and kubernetes-validate on the manifests.
+## mypy, the package's shape (module sizes, type: ignore budget), hadolint on the Dockerfile,
+## kubernetes-validate on the manifests and systemd-analyze verify on docker/systemd/.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sockherd tests bench
 	$(VENV)/bin/ruff format --check sockherd tests bench
@@ -60,6 +60,7 @@ lint: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_package_shape.py
 	$(VENV)/bin/hadolint docker/Dockerfile
 	$(VENV)/bin/kubernetes-validate --quiet docker/k8s/*.yaml
+	./.ci/verify-systemd-units $(VENV)
 
 clean:
 	rm -rf .venv .venv-* .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -280,7 +280,8 @@ def test_sigusr2_upgrades_and_counters_carry_over(supervisor):
     supervisor.process.send_signal(signal.SIGUSR2)
     supervisor.wait_log("upgrade done")
     assert ask(supervisor.port) == "v1"
-    assert supervisor.requests_total() >= before + 1
+    # The worker counts a request just after its reply: wait for the count.
+    wait_until(lambda: supervisor.requests_total() >= before + 1, timeout=10)
     status = supervisor.status()
     assert status["generation"] == 1 and status["restarts"].get("stopped", 0) >= 2
 

@@ -45,6 +45,7 @@ from .reaper import ChildReaper
 from .signals import ORPHAN_SIGNALS, SignalRelay
 from .subreaper import take_orphan_duty
 from .supervisor_state import State, SupervisorState
+from .systemd_hooks import attach_systemd_hooks
 from .upgrade import DEFAULT_UPGRADE_TIMEOUT, Upgrader, take_handover
 from .worker_pool import WorkerPool
 
@@ -115,6 +116,7 @@ class Arbiter(LoopHooks):
         for guest in self.servers[1:]:
             guest.join_loop(self.host)
         self.host.attach_loop_hooks(self)
+        poll_interval = attach_systemd_hooks(self, poll_interval)  # with $NOTIFY_SOCKET
         try:
             self.host.serve_forever(poll_interval)
         finally:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 
 
 class State(enum.Enum):
@@ -58,15 +59,20 @@ class SupervisorState:
     def __init__(self) -> None:
         self.current = State.STARTING
         self.since = time.monotonic()
+        # Called as listener(old, new) after each move (systemd notify listens here).
+        self.listeners: list[Callable[[State, State], None]] = []
 
     def move(self, new: State) -> None:
-        """Enter `new`; staying put is allowed, a move the table forbids raises."""
+        """Enter `new`, then call each of `listeners`; staying put is allowed (and calls
+        nobody), a move the table forbids raises."""
         if new is self.current:
             return
         if new not in TRANSITIONS[self.current]:
             raise IllegalTransition(self.current, new)
-        self.current = new
+        old, self.current = self.current, new
         self.since = time.monotonic()
+        for listener in tuple(self.listeners):
+            listener(old, new)
 
     def is_(self, *states: State) -> bool:
         """Whether the current state is one of `states`."""
