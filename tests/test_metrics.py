@@ -231,7 +231,7 @@ def test_a_real_prometheus_scrapes_the_request_count():
     with serving(server, poll_interval=0.05), tempfile.TemporaryDirectory() as workdir:
         for index in range(12):
             tcp_request(server.server_address, b"echo %d\n" % index)
-        with open(os.path.join(PROJECT_ROOT, "docker", "prometheus.yml")) as template:
+        with open(os.path.join(PROJECT_ROOT, "docker", "prometheus", "prometheus.yml")) as template:
             config = template.read().replace("sockherd:9100", f"127.0.0.1:{metrics_port(server)}")
         config = config.replace("scrape_interval: 5s", "scrape_interval: 1s")
         config = config.replace("scrape_timeout: 4s", "scrape_timeout: 1s")
