@@ -7,56 +7,23 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
-from conftest import listening_address, tcp_request, wait_for_line, wait_until
+from conftest import tcp_request, wait_until
+from serve_command import ENV, ctl, prefork_supervisor, stop
 
 from sockherd.top_view import Line, Reading, busiest_first, frame, plain
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = os.path.join(PROJECT_ROOT, "tests")
-COMMANDS = "prefork_handlers:Commands"  # `hold X` keeps a worker busy until one more line
-ENV = dict(os.environ, PYTHONPATH=TESTS + os.pathsep + PROJECT_ROOT)
 
 
-@contextlib.contextmanager
-def supervisor(control: str, workers: int = 2) -> Iterator[tuple[subprocess.Popen, tuple]]:
-    """A real `sockherd serve --mode prefork` with a control socket, stopped on exit."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sockherd", "serve", COMMANDS, "--bind", "127.0.0.1:0",
-         "--mode", "prefork", "--workers", str(workers), "--control", control],
-        cwd=PROJECT_ROOT, env=ENV, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        address = listening_address(wait_for_line(process.stderr, "listening on"))
-        wait_for_line(process.stderr, f"{workers} workers ready")
-        yield process, address
-    finally:
-        stop(process)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-
-
-def ctl(control: str, *words: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sockherd", "ctl", "--control", control, *words],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+def supervisor(control: str):
+    """A real `sockherd serve --mode prefork --workers 2` with a control socket."""
+    return prefork_supervisor("--control", control)
 
 
 def worker_pids(control: str) -> set[int]:
