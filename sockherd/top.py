@@ -30,7 +30,12 @@ REPLY_TIMEOUT = 5.0
 
 
 class SupervisorGone(Exception):
-    """The supervisor stopped answering; the message is the line to print."""
+    """The supervisor does not answer (or refuses): `line` is what `ctl` prints if it never
+    answered, `reason` what went wrong."""
+
+    def __init__(self, line: str, reason: str) -> None:
+        super().__init__(line)
+        self.reason = reason
 
 
 def fetch(path: str) -> Reading:
@@ -41,11 +46,13 @@ def fetch(path: str) -> Reading:
     try:
         reply = send_command(path, "status", timeout=REPLY_TIMEOUT)
     except OSError as error:
-        raise SupervisorGone(unreachable(path, error)) from None
+        raise SupervisorGone(unreachable(path, error), str(error.strerror or error)) from None
     except ValueError:  # closed without a whole reply: it is stopping
-        raise SupervisorGone(unreachable(path, OSError("it closed without a reply"))) from None
+        reason = "it closed the connection without a reply"
+        raise SupervisorGone(unreachable(path, OSError(reason)), reason) from None
     if not reply.get("ok"):
-        raise SupervisorGone(f"sockherd: the supervisor at {path} said: {reply.get('error')}")
+        said = f"sockherd: the supervisor at {path} said: {reply.get('error')}"
+        raise SupervisorGone(said, str(reply.get("error")))
     return Reading(reply, time.monotonic())
 
 
@@ -65,7 +72,7 @@ def run(path: str, interval: float = INTERVAL) -> int:
     try:
         curses.wrapper(_live, path, first, interval)
     except SupervisorGone as gone:
-        print(str(gone).replace("cannot reach", "lost", 1), file=sys.stderr)
+        print(f"sockherd: lost the supervisor at {path}: {gone.reason}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

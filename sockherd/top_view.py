@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 `frame(reply, previous)` is a pure function: it turns the reply of the control socket's
 `status` command (see `supervisor.commands.status_reply`) into `Line`s -- a header with the
-supervisor's state and a summary of the pools, then one row per worker, busiest first.
+supervisor's state, a summary of the pools and each listener's queue (connections waiting
+in its backlog, Linux TCP), then one row per worker, busiest first.
 `sockherd.top` draws those lines with curses, once a second, or prints them once when
 stdout is not a terminal; neither knows how a row is made.
 
@@ -183,6 +184,13 @@ def _header(current: Reading, previous: Reading | None, clock: float) -> list[Li
         f"{reason} {count}" for reason, count in sorted(reply.get("restarts", {}).items()) if count
     )
     lines.append(Line(f"{requests}; restarts: {restarts or 'none'}"))
+    queues = [
+        f"{server.get('server')} {queue[0]} of {queue[1]}"
+        for server in reply.get("servers", ())
+        if isinstance(queue := server.get("listen_queue"), list | tuple) and len(queue) == 2
+    ]
+    if queues:
+        lines.append(Line("listen queue: " + ", ".join(queues)))
     return lines
 
 

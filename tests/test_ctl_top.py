@@ -168,12 +168,16 @@ def test_top_prints_one_frame_when_stdout_is_not_a_terminal(tmp_path):
     with supervisor(control) as (_, address):
         for index in range(3):
             tcp_request(address, b"echo %d\n" % index)
-        pids = worker_pids(control)
+        status = json.loads(ctl(control, "status", "--json").stdout)
+        pids = {worker["pid"] for worker in status["workers"]}
         shown = ctl(control, "top")
     assert shown.returncode == 0 and shown.stderr == ""
     lines = shown.stdout.splitlines()
     assert lines[0].startswith("sockherd top - supervisor pid") and "running" in lines[0]
     assert "requests: 3 served" in lines[2]
+    (server,) = status["servers"]
+    backlog = server["listen_queue"][1]
+    assert backlog > 0 and lines[3] == f"listen queue: {server['server']} 0 of {backlog}"
     rows = rows_of(lines, pids)
     assert {int(row[1]) for row in rows} == pids and sum(int(row[3]) for row in rows) == 3
     assert not any("q quits" in line for line in lines)

@@ -102,6 +102,7 @@ def status_reply(snapshot: SupervisorSnapshot) -> dict[str, Any]:
                 "mode": server.mode,
                 "in_progress": server.in_progress,
                 "requests": dict(server.requests),
+                "listen_queue": server.listen_queue,  # [waiting, backlog] or None
             }
             for server in snapshot.servers
         ],
