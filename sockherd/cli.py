@@ -1,7 +1,7 @@
 """The `sockherd` command.
 
     sockherd serve MODULE:HANDLER|MODULE:FACTORY [--bind ADDRESS]... [--mode MODE] [options]
-    sockherd ctl --control PATH status [--json] | top | scale N|+N|-N | reload | stop
+    sockherd ctl --control PATH status [--json] | top | scale N|+N|-N | reload | upgrade | stop
 
 ADDRESS is `tcp://HOST:PORT`, `udp://HOST:PORT`, `unix:/path`, `fd://N` (an
 inherited listening socket), `systemd` (socket activation) or plain `HOST:PORT`;
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -38,11 +39,14 @@ from .launch import (
     mode_of,
 )
 from .metrics.endpoint_security import MetricsTLSError
+from .preflight import preflight
 from .server.socket_servers import BindError
 from .supervisor.arbiter import Arbiter
 from .supervisor.control import ControlError, send_command, unreachable
 from .supervisor.listen_fds import ListenFdsError
+from .supervisor.preflight_run import PREFLIGHT_ENVIRONMENT
 from .supervisor.settings import TABLE, flag_of
+from .upgrade_client import upgrade_client
 
 log = logging.getLogger("sockherd")
 
@@ -76,7 +80,9 @@ def _build_parser() -> argparse.ArgumentParser:
     ctl = commands.add_parser("ctl", help="talk to a running prefork supervisor")
     ctl.add_argument("--control", required=True, help="the supervisor's control socket path")
     ctl.add_argument("--json", action="store_true", help="print the reply as JSON")
-    ctl.add_argument("words", nargs="+", help="status | top | scale N|+N|-N | reload | stop")
+    ctl.add_argument(
+        "words", nargs="+", help="status | top | scale N|+N|-N | reload | upgrade | stop"
+    )
     return parser
 
 
@@ -133,6 +139,8 @@ def serve(target_path: str, options: dict[str, Any]) -> int:
             control_socket=options.get("control"),
             graceful_timeout=graceful,
             install_signals=True,
+            upgrade_timeout=options["upgrade_timeout"],
+            upgradable=True,
         )
         arbiter.install_signals()
         for server in servers:
@@ -239,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ctl":
         if args.words[0] == "top":
             return _top(args.control, args.words[1:], args.json)
+        if args.words == ["upgrade"]:
+            return upgrade_client(args.control, args.json)
         return control_client(args.control, " ".join(args.words), args.json)
     configure_logging(args.log_level if _valid_level(args.log_level) else "info")
     try:
@@ -246,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         flags = {name: getattr(args, name) for name in names}
         options = resolve(flags, environment(), args.config)
         configure_logging(str(options["log_level"]))
+        if os.environ.get(PREFLIGHT_ENVIRONMENT):  # an upgrade loads the new code first
+            return preflight(args.target, options)
         return serve(args.target, options)
     except USAGE_ERRORS as error:
         log.error("%s", error)

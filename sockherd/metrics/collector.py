@@ -29,6 +29,9 @@ def _exit_labels(reason: str) -> tuple[str, str]:
     return (value, "") if kind == "exit" else ("", value)
 
 
+UPGRADE_OUTCOMES = ("ok", "preflight_failed", "not_ready")
+
+
 class SnapshotCollector:
     """Collects the metrics of one process; `collect()` is called at each scrape."""
 
@@ -52,6 +55,25 @@ class SnapshotCollector:
             for name in SUPERVISOR_STATES:
                 state.add({"state": name}, 1 if name == snapshot.state else 0)
             yield state
+            upgrades = counter("sockherd_upgrades", "In-place upgrades (ctl upgrade, SIGUSR2)"
+                               " by outcome: ok, preflight_failed, not_ready")  # fmt: skip
+            for outcome in UPGRADE_OUTCOMES:
+                upgrades.add({"outcome": outcome}, snapshot.upgrades.get(outcome, 0), "_total")
+            yield upgrades
+            images = gauge(
+                "sockherd_supervisor_images",
+                "Programs this supervisor process has run: 1 + in-place upgrades that exec'd",
+            )
+            images.add({}, snapshot.images)
+            yield images
+            generation = gauge(
+                "sockherd_generation",
+                "The generation of workers serving: +1 at each reload and upgrade",
+            )
+            for server in servers:
+                if server.pool is not None:
+                    generation.add({"server": server.label}, server.pool.generation)
+            yield generation
 
         requests = counter(
             "sockherd_requests", "Requests finished, by outcome (ok, error, timeout, aborted)"

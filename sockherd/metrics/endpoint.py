@@ -40,6 +40,7 @@ import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..server import carried_listeners
 from ..server.accept_backoff import AcceptBackoff
 from ..server.nonblocking_listener import AddSource, Client, NonBlockingListener, RemoveSource
 from .endpoint_security import REALM, BasicAuth
@@ -112,11 +113,15 @@ class MetricsEndpoint:
             self._ssl_want_write = (ssl.SSLWantWriteError,)
         self.scrapes = 0
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_STREAM)
+        key = carried_listeners.key_of("metrics", family, socket.SOCK_STREAM, address)
+        carried = carried_listeners.take(key)  # an in-place upgrade carried it over
+        listener = carried or socket.socket(family, socket.SOCK_STREAM)
         try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(address)
-            listener.listen(MAX_CLIENTS)
+            if carried is None:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind(address)
+                listener.listen(MAX_CLIENTS)
+                carried_listeners.remember(key, listener)
         except OSError as error:
             listener.close()
             from ..server.socket_servers import bind_error

@@ -66,6 +66,7 @@ class MetricsService(LoopHooks):
         self._auth = BasicAuth(basic_auth) if basic_auth is not None else None
         self.endpoint: MetricsEndpoint | None = None
         self.user_metrics: UserMetrics | None = None
+        self.keep_user_files = False  # after an in-place upgrade: live workers' files stay
 
     @classmethod
     def settings_of(
@@ -94,7 +95,7 @@ class MetricsService(LoopHooks):
         collectors: list[object] = [SnapshotCollector(self.source)]
         directory = multiprocess_directory()
         if directory:
-            self.user_metrics = UserMetrics(directory)
+            self.user_metrics = UserMetrics(directory, keep_files=self.keep_user_files)
             collectors.append(self.user_metrics)
         self.endpoint = MetricsEndpoint(
             self.address,

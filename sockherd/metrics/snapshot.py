@@ -108,6 +108,9 @@ class SupervisorSnapshot:
     servers: tuple[ServerSnapshot, ...]
     orphans_reaped: int
     supervised: bool  # False for a lone server serving its own metrics
+    upgrades: Mapping[str, int] = dataclasses.field(default_factory=dict)  # by outcome
+    images: int = 1  # programs this process has run: 1 + in-place upgrades that exec'd
+    last_upgrade: Mapping[str, Any] | None = None  # id, outcome (None: in progress), reason
 
     @property
     def in_progress(self) -> int:

@@ -39,12 +39,13 @@ def multiprocess_directory() -> str | None:
 class UserMetrics:
     """The supervisor's side of prometheus_client's multiprocess mode for one directory."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, keep_files: bool = False) -> None:
+        """`keep_files`: the live workers' files stay (after an in-place upgrade)."""
         from prometheus_client.mmap_dict import MmapedDict
 
         self.path = path
         os.makedirs(path, exist_ok=True)
-        for stale in glob.glob(os.path.join(path, "*.db")):
+        for stale in [] if keep_files else glob.glob(os.path.join(path, "*.db")):
             os.remove(stale)
         self._archives = {
             kind: MmapedDict(os.path.join(path, f"{kind}_archive.db")) for kind in FOLDED_TYPES

@@ -20,6 +20,7 @@ import errno
 import socket
 from typing import Any
 
+from . import carried_listeners
 from .base_server import BaseServer
 from .read_deadline import limit_reads
 
@@ -148,6 +149,15 @@ class TCPServer(BaseServer):
         May be overridden.
 
         """
+        key = carried_listeners.key_of(
+            "listen", self.address_family, self.socket_type, self.server_address
+        )
+        carried = carried_listeners.take(key)  # an in-place upgrade carried it over
+        if carried is not None:
+            self.socket.close()
+            self.socket = carried
+            self.server_address = carried.getsockname()
+            return
         if self.allow_reuse_address and hasattr(socket, "SO_REUSEADDR"):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # Linux >= 6.12.9 rejects SO_REUSEPORT on AF_UNIX (gh-128916).
@@ -164,6 +174,7 @@ class TCPServer(BaseServer):
             if friendly is error:
                 raise
             raise friendly from error
+        carried_listeners.remember(key, self.socket)
         self.server_address = self.socket.getsockname()
 
     def server_activate(self) -> None:

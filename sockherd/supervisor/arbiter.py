@@ -34,13 +34,10 @@ import time
 from collections.abc import Sequence
 
 from ..metrics.service import MetricsService
-from ..metrics.snapshot import (
-    SupervisorSnapshot,
-    requests_in_progress,
-    server_snapshot,
-)
+from ..metrics.snapshot import SupervisorSnapshot, requests_in_progress, server_label
 from ..server.base_server import BaseServer
 from ..server.loop_hooks import LoopHooks
+from .arbiter_snapshot import arbiter_snapshot
 from .commands import control_command
 from .control import ControlSocket
 from .pool_settings import PoolServer
@@ -48,6 +45,7 @@ from .reaper import ChildReaper
 from .signals import ORPHAN_SIGNALS, SignalRelay
 from .subreaper import take_orphan_duty
 from .supervisor_state import State, SupervisorState
+from .upgrade import DEFAULT_UPGRADE_TIMEOUT, Upgrader, take_handover
 from .worker_pool import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -62,6 +60,8 @@ class Arbiter(LoopHooks):
     long a drain may take (None: the largest of the prefork servers' settings, else
     30 s).  `install_signals`: take the operator signals (None: when the loop runs in
     the main thread).  Metrics are served when the first server has `metrics_address`.
+    `upgradable`: this process is `sockherd serve`, which an in-place upgrade may exec
+    again (`upgrade_timeout`: how long its new workers get to be ready).
     """
 
     def __init__(
@@ -71,6 +71,8 @@ class Arbiter(LoopHooks):
         control_socket: str | None = None,
         graceful_timeout: float | None = None,
         install_signals: bool | None = None,
+        upgrade_timeout: float | None = None,
+        upgradable: bool = False,
     ) -> None:
         if not servers:
             raise ValueError("an Arbiter needs at least one server")
@@ -94,6 +96,12 @@ class Arbiter(LoopHooks):
         self.orphan_duty = False
         self.reap_due = False
         self.drain_deadline: float | None = None
+        self.upgrader = Upgrader(self, upgrade_timeout or DEFAULT_UPGRADE_TIMEOUT, upgradable)
+        self.handover = take_handover()  # this image follows an in-place upgrade
+        if self.handover is not None:
+            self.started = float(self.handover["started"])
+            if self.metrics is not None:
+                self.metrics.keep_user_files = True
 
     # --- running ------------------------------------------------------------------------
 
@@ -133,12 +141,17 @@ class Arbiter(LoopHooks):
             self.orphan_duty = take_orphan_duty(prefork[0].reap_orphans, in_main_thread)
             if self.orphan_duty:
                 self.signals.install(ORPHAN_SIGNALS)
-        self._dispatch_signals()  # a TERM that came before the loop: stop before forking
-        if self.state.is_(State.STOPPED):
-            server.shutdown()
-            return
+        if self.handover is None:
+            self._dispatch_signals()  # a TERM that came before the loop: stop before forking
+            if self.state.is_(State.STOPPED):
+                server.shutdown()
+                return
+        else:
+            self.state.move(State.UPGRADING)
+        carried = self.handover["pools"] if self.handover is not None else {}
         for each in prefork:
-            self.pools[each] = each.start_pool(self.reaper, self._child_gone)
+            carried_pool = carried.pop(server_label(each), None)
+            self.pools[each] = each.start_pool(self.reaper, self._child_gone, carried_pool)
         if self.control_path:
             self.control = ControlSocket(
                 self.control_path,
@@ -148,6 +161,9 @@ class Arbiter(LoopHooks):
             )
         if self.metrics is not None:
             self.metrics.loop_started(server)
+        if self.handover is not None:
+            self.upgrader.resume(self.handover, carried)
+            self._dispatch_signals()  # a signal held back across exec
         if self.state.is_(State.STARTING):
             self.state.move(State.RUNNING)
         self.after_iteration(server)
@@ -168,6 +184,7 @@ class Arbiter(LoopHooks):
         if self.state.is_(State.RELOADING) and not any(p.reloading for p in self.pools.values()):
             self.state.move(State.RUNNING)
             log.info("reload done: generation %d serves", self.generation)
+        self.upgrader.after_iteration(now)
         self._finish_if_drained(now)
 
     def accepting(self, server: BaseServer) -> bool:
@@ -215,6 +232,7 @@ class Arbiter(LoopHooks):
         if isinstance(server, PoolServer):  # a worker; a request child keeps the handlers
             self.signals.close_in_child()
         for pool in self.pools.values():
+            pool.scoreboard.close_fd()
             for handle in pool.workers.values():
                 handle.channel.close()
         self.pools = {}
@@ -322,6 +340,10 @@ class Arbiter(LoopHooks):
 
         reopen_log_files()
 
+    def handle_sigusr2(self) -> None:
+        """In-place upgrade: exec the new code, keeping the pid, sockets and workers."""
+        self.upgrader.request("SIGUSR2")
+
     def handle_sigchld(self) -> None:
         """A child exited: with orphan duty, reap after this pass."""
         self.reap_due = True
@@ -336,6 +358,9 @@ class Arbiter(LoopHooks):
         if self.state.is_(State.DRAINING, State.STOPPED):
             log.info("reload: the supervisor is stopping; ignored")
             return False
+        if self.state.is_(State.UPGRADING):
+            log.info("reload: an upgrade is in progress; ignored")
+            return False
         for pool in self.pools.values():
             pool.reload()
         self.state.move(State.RELOADING)
@@ -348,31 +373,11 @@ class Arbiter(LoopHooks):
 
     def snapshot(self) -> SupervisorSnapshot:
         """The public snapshot of this process (see `metrics.snapshot`)."""
-        extra: dict[str, int] = {}
-        for source in (self.metrics, self.control):
-            if source is not None:
-                for name, value in source.accept_errors().items():
-                    extra[name] = extra.get(name, 0) + value
-        servers = tuple(
-            server_snapshot(
-                server,
-                self.pools[server].snapshot() if server in self.pools else None,
-                extra if server is self.host else None,
-            )
-            for server in self.servers
-        )
-        left = None
-        if self.state.is_(State.DRAINING) and self.drain_deadline is not None:
-            left = max(0.0, round(self.drain_deadline - time.monotonic(), 3))
-        return SupervisorSnapshot(
-            state=self.state.current.value,
-            pid=self.pid,
-            uptime=time.monotonic() - self.started,
-            drain_seconds_left=left,
-            servers=servers,
-            orphans_reaped=self.reaper.orphans_reaped if self.reaper is not None else 0,
-            supervised=True,
-        )
+        return arbiter_snapshot(self)
+
+    def pools_by_label(self) -> list[tuple[str, WorkerPool]]:
+        """Each pool with its server's label (how an upgrade matches them up)."""
+        return [(server_label(server), pool) for server, pool in self.pools.items()]
 
     def _child_gone(self, pid: int) -> None:
         """Every reaped child passes here: prometheus_client's files of it are folded."""

@@ -6,6 +6,8 @@
                    "drain_seconds_left": null, "restarts": {...}, "exits": {...}, ...}
     scale N       set the desired worker count of every pool (N, +N or -N)
     reload        rolling reload, as SIGHUP
+    upgrade       in-place upgrade, as SIGUSR2: {"ok": true, "upgrade": ID, "timeout": S};
+                  `status` then shows {"upgrade": {"id": ID, "outcome": ..., "reason": ...}}
     stop          graceful stop, as SIGTERM
 
 With several listeners, each worker in `workers` carries its server's label.
@@ -21,7 +23,7 @@ from ..metrics.snapshot import SupervisorSnapshot
 if TYPE_CHECKING:
     from .arbiter import Arbiter
 
-COMMANDS = "status, scale N, reload, stop"
+COMMANDS = "status, scale N, reload, upgrade, stop"
 
 
 def control_command(arbiter: Arbiter, line: str) -> dict[str, Any]:
@@ -43,8 +45,14 @@ def control_command(arbiter: Arbiter, line: str) -> dict[str, Any]:
         return {"ok": True, "desired": sum(desired)}
     if command == "reload":
         if not arbiter.reload():
-            return {"ok": False, "error": "nothing to reload: no worker pool, or stopping"}
+            return {
+                "ok": False,
+                "error": "cannot reload: no worker pool, or the supervisor is "
+                + arbiter.state.current.value,
+            }
         return {"ok": True, "generation": arbiter.generation}
+    if command == "upgrade":
+        return arbiter.upgrader.request("ctl upgrade")
     if command == "stop":
         arbiter.begin_drain(graceful=True, why="ctl stop")
         return {"ok": True}
@@ -96,6 +104,9 @@ def status_reply(snapshot: SupervisorSnapshot) -> dict[str, Any]:
         "restarts": dict(restarts),
         "exits": dict(exits),
         "orphans_reaped": snapshot.orphans_reaped,
+        "upgrade": snapshot.last_upgrade,
+        "upgrades": dict(snapshot.upgrades),
+        "images": snapshot.images,
         "servers": [
             {
                 "server": server.label,

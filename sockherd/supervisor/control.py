@@ -33,6 +33,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from ..server import carried_listeners
 from ..server.accept_backoff import AcceptBackoff
 from ..server.nonblocking_listener import AddSource, Client, NonBlockingListener, RemoveSource
 
@@ -112,6 +113,10 @@ class ControlSocket:
 
     @staticmethod
     def _bind(path: str) -> socket.socket:
+        key = carried_listeners.key_of("control", socket.AF_UNIX, socket.SOCK_STREAM, path)
+        carried = carried_listeners.take(key)  # an in-place upgrade carried it over
+        if carried is not None:
+            return carried
         if os.path.exists(path):
             if not stat.S_ISSOCK(os.stat(path).st_mode):
                 raise ControlError(f"control socket path {path!r} exists and is not a socket")
@@ -137,6 +142,7 @@ class ControlSocket:
         finally:
             os.umask(old_umask)
         listener.listen(16)
+        carried_listeners.remember(key, listener)
         return listener
 
     def _admit(self, connection: socket.socket) -> _Client:

@@ -14,6 +14,7 @@ import os
 import socket
 from collections.abc import MutableMapping
 
+from ..server import carried_listeners
 from ..server.socket_servers import TCPServer
 
 SD_LISTEN_FDS_START = 3
@@ -30,16 +31,35 @@ def systemd_sockets(environ: MutableMapping[str, str] | None = None) -> list[soc
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         env.pop(name, None)
     if not count or pid != str(os.getpid()):
-        return []
+        return _carried_systemd_sockets()
     try:
         number = int(count)
     except ValueError:
         raise ListenFdsError(f"LISTEN_FDS={count!r} is not a number")
-    return [inherited_socket(SD_LISTEN_FDS_START + index) for index in range(number)]
+    sockets = [inherited_socket(SD_LISTEN_FDS_START + index) for index in range(number)]
+    for index, sock in enumerate(sockets):
+        carried_listeners.remember(_systemd_key(index), sock)
+    return sockets
+
+
+def _systemd_key(index: int) -> str:
+    return carried_listeners.key_of("systemd", 0, 0, index)
+
+
+def _carried_systemd_sockets() -> list[socket.socket]:
+    """After an in-place upgrade: the sockets systemd passed to the first image."""
+    sockets: list[socket.socket] = []
+    while (sock := carried_listeners.take(_systemd_key(len(sockets)))) is not None:
+        sockets.append(sock)
+    return sockets
 
 
 def inherited_socket(fd: int) -> socket.socket:
     """Wrap an inherited listening fd; its family and type are read from the kernel."""
+    key = carried_listeners.key_of("fd", 0, 0, fd)
+    carried = carried_listeners.take(key)  # the same fd, carried by an in-place upgrade
+    if carried is not None:
+        return carried
     try:
         sock = socket.socket(fileno=fd)
     except OSError as error:
@@ -50,6 +70,7 @@ def inherited_socket(fd: int) -> socket.socket:
     ):
         sock.detach()
         raise ListenFdsError(f"fd {fd} is a stream socket that is not listening")
+    carried_listeners.remember(key, sock)
     return sock
 
 

@@ -13,7 +13,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..server.base_server import BaseServer
 
@@ -80,5 +80,8 @@ class PoolServer(Protocol):
     reap_orphans: bool | None
 
     def start_pool(
-        self, reaper: ChildReaper, on_child_reaped: Callable[[int], None]
+        self,
+        reaper: ChildReaper,
+        on_child_reaped: Callable[[int], None],
+        carried: dict[str, Any] | None = None,
     ) -> WorkerPool: ...

@@ -70,6 +70,7 @@ from ..metrics.snapshot import PoolSnapshot
 from ..server.read_deadline import check_read_timeout
 from ..server.socket_servers import TCPServer, UDPServer
 from .arbiter import Arbiter, supervising
+from .pool_handover import adopt_pool, carried_scoreboard
 from .pool_settings import PoolSettings, default_max_workers, default_workers
 from .reaper import ChildReaper
 from .settings import ATTRIBUTES, PREFORK_ATTRIBUTES, validate_setting
@@ -146,10 +147,33 @@ class PreforkMixIn(_MixInHost):
         finally:
             arbiter.close()
 
-    def start_pool(self, reaper: ChildReaper, on_child_reaped: Callable[[int], None]) -> WorkerPool:
-        """For the Arbiter: fork this server's workers; the pool is theirs to drive."""
+    def start_pool(
+        self,
+        reaper: ChildReaper,
+        on_child_reaped: Callable[[int], None],
+        carried: dict[str, Any] | None = None,
+    ) -> WorkerPool:
+        """For the Arbiter: fork this server's workers; the pool is theirs to drive.
+
+        `carried`: the pool an earlier image of this process handed over (an in-place
+        upgrade): its workers are adopted and a new generation replaces them.
+        """
         self._validate()
-        self._pool = WorkerPool(self, self.pool_settings(), reaper, on_child_reaped)
+        settings = self.pool_settings()
+        if carried is None:
+            self._pool = WorkerPool(self, settings, reaper, on_child_reaped)
+        else:
+            scoreboard = carried_scoreboard(carried)
+            needed = len(carried["workers"]) + settings.workers
+            if scoreboard.size < needed:
+                log.error(
+                    "the new settings need %d scoreboard slots and the running pool has %d: "
+                    "not every new worker can start; restart the supervisor to grow it",
+                    needed,
+                    scoreboard.size,
+                )
+            self._pool = WorkerPool(self, settings, reaper, on_child_reaped, scoreboard)
+            adopt_pool(self._pool, carried)
         self._pool.reconcile(0.0)
         return self._pool
 

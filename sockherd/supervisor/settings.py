@@ -206,6 +206,8 @@ TABLE: dict[str, Setting] = {setting.name: setting for setting in (
     _prefork("kill_grace", SECONDS, 2.0, "seconds from a timed-out worker's SIGABRT to SIGKILL"),
     Setting("graceful_timeout", SECONDS, 30.0, "seconds a stopping server lets requests in "
             "progress finish", scope="server", attribute="graceful_timeout"),
+    Setting("upgrade_timeout", SECONDS, 60.0, "seconds an in-place upgrade's new workers get to "
+            "be ready before the old ones serve on", scope="server"),
     _prefork("min_workers", COUNT, 1, "never scale below this"),
     _prefork("max_workers", COUNT, None, "never scale above this", shown_default="4 × CPUs"),
     _prefork(

@@ -24,7 +24,9 @@ from typing import Any
 
 from ..server.wakeup import WakeupPipe
 
-SUPERVISOR_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGUSR1")
+SUPERVISOR_SIGNALS = (
+    "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGUSR1", "SIGUSR2",
+)  # fmt: skip
 ORPHAN_SIGNALS = ("SIGCHLD",)  # only when the supervisor reaps orphans
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers
 
@@ -46,6 +48,11 @@ class SignalRelay:
             signum = getattr(signal, name, None)
             if signum is not None and signum not in self._previous:
                 self._previous[signum] = signal.signal(signum, self._record)
+        # An in-place upgrade blocks them across exec (a TERM then would kill the process
+        # mid-upgrade): now that they are handled, what arrived meanwhile is delivered.
+        wanted = {getattr(signal, name) for name in names if hasattr(signal, name)}
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, wanted)
         return True
 
     @property

@@ -4,12 +4,14 @@ Theory of operation
 -------------------
 An Arbiter is STARTING from its creation until its loop waits for the first time;
 then RUNNING.  A HUP (or `ctl reload`) makes it RELOADING until the new generation
-of every pool is ready, then RUNNING again; UPGRADING is the same for an in-place
-upgrade (reserved).  TERM, INT or `ctl stop` make it DRAINING: the listeners are no
-longer served, requests in progress finish (within `graceful_timeout`), and the
-control socket and the metrics endpoint keep answering, because draining happens
-inside the loop.  When nothing is left in flight -- or at once, after QUIT or a
-signal that arrives before the loop runs -- it is STOPPED, and the loop ends.
+of every pool is ready, then RUNNING again.  UPGRADING is the same for an in-place
+upgrade (`upgrade`): from RUNNING in the old image, and from STARTING in the new
+image, which adopts the old workers and waits for its own.  TERM, INT or `ctl stop`
+make it DRAINING: the listeners are no longer served, requests in progress finish
+(within `graceful_timeout`), and the control socket and the metrics endpoint keep
+answering, because draining happens inside the loop.  When nothing is left in
+flight -- or at once, after QUIT or a signal that arrives before the loop runs --
+it is STOPPED, and the loop ends.
 
 Rule (after h11): every state change goes through `SupervisorState.move()`, so an
 impossible move (RUNNING after STOPPED) raises `IllegalTransition` naming both states.
@@ -33,7 +35,7 @@ class State(enum.Enum):
 
 
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.STARTING: frozenset({State.RUNNING, State.DRAINING, State.STOPPED}),
+    State.STARTING: frozenset({State.RUNNING, State.UPGRADING, State.DRAINING, State.STOPPED}),
     State.RUNNING: frozenset({State.RELOADING, State.UPGRADING, State.DRAINING, State.STOPPED}),
     State.RELOADING: frozenset({State.RUNNING, State.DRAINING, State.STOPPED}),
     State.UPGRADING: frozenset({State.RUNNING, State.DRAINING, State.STOPPED}),

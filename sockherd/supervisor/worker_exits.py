@@ -10,10 +10,13 @@ logged by the pool; a boot failure also delays the next start (see `spawner`).
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..workers.lifecycle import WorkerState
+
+log = logging.getLogger("sockherd.supervisor.worker_pool")
 
 
 class RestartReason(enum.Enum):
@@ -61,3 +64,36 @@ def wait_status(exitcode: int) -> int:
     if exitcode < 0:
         return -exitcode
     return (exitcode & 0xFF) << 8
+
+
+def log_worker_exit(
+    index: int,
+    pid: int,
+    reason: RestartReason,
+    description: str,
+    facts: ExitFacts,
+    delay: float,
+) -> None:
+    """One log line for a worker that ended (none for a requested stop); `delay`: the
+    back-off before the next start, after a boot failure."""
+    from ..workers.worker_loop import BOOT_FAILURE_EXIT
+
+    if reason is RestartReason.BOOT_FAILURE:
+        log.error(
+            "worker %d (pid %d) died while booting (%s%s); next start in %.1f s",
+            index,
+            pid,
+            description,
+            ", worker_setup() raised" if facts.exitcode == BOOT_FAILURE_EXIT else "",
+            delay,
+        )
+    elif reason is RestartReason.RECYCLED:
+        log.info("worker %d (pid %d) recycled", index, pid)
+    elif reason is RestartReason.CRASHED:
+        log.warning(
+            "worker %d (pid %d) exited on %s while %s, replacing",
+            index,
+            pid,
+            description.removeprefix("signal "),
+            facts.last_state.name.lower(),
+        )

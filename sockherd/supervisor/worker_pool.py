@@ -44,7 +44,13 @@ from .pool_settings import PoolSettings
 from .pool_snapshot import pool_snapshot
 from .reaper import ChildReaper
 from .spawner import Spawner, WorkerHandle, exit_fd_of
-from .worker_exits import ExitFacts, RestartReason, classify_exit, wait_status
+from .worker_exits import (
+    ExitFacts,
+    RestartReason,
+    classify_exit,
+    log_worker_exit,
+    wait_status,
+)
 from .worker_process import exit_code_taken, record_exit
 from .worker_timeouts import enforce_timeouts, kill_group, send_signal
 
@@ -66,6 +72,7 @@ class WorkerPool:
         settings: PoolSettings,
         reaper: ChildReaper,
         on_child_reaped: Callable[[int], None],
+        scoreboard: Scoreboard | None = None,
     ) -> None:
         self.server = server
         self.settings = settings
@@ -73,7 +80,8 @@ class WorkerPool:
         self.on_child_reaped = on_child_reaped
         self.desired = settings.workers
         self.max_workers = max(settings.max_workers, self.desired)
-        self.scoreboard = Scoreboard(2 * self.max_workers)  # room for a reload's new generation
+        # Room for a reload's new generation; an upgrade brings the old image's scoreboard.
+        self.scoreboard = scoreboard or Scoreboard(2 * self.max_workers)
         self.spawner = Spawner(server, self.scoreboard, settings.handoff)
         self.dispatcher = Dispatcher(self.scoreboard) if settings.handoff == "dispatch" else None
         self.generation = 0
@@ -108,14 +116,18 @@ class WorkerPool:
         handle = self.spawner.spawn(self.generation)
         if handle is None:
             return None
+        self.watch(handle, *exit_fd_of(handle.process))
+        return handle
+
+    def watch(self, handle: WorkerHandle, exit_fd: int, owns_exit_fd: bool) -> None:
+        """Take `handle` into the pool: the reaper watches its exit fd, the loop its channel."""
         index = handle.index
         self.workers[index] = handle
-        exit_fd, owns_exit_fd = exit_fd_of(handle.process)
         self.reaper.watch(
             handle.pid, exit_fd, owns_exit_fd, lambda status: self.worker_exited(index, status)
         )
-        self.server.add_wake_source(handle.channel.fileno(), lambda: self.on_message(index))
-        return handle
+        if handle.channel_open:
+            self.server.add_wake_source(handle.channel.fileno(), lambda: self.on_message(index))
 
     def on_message(self, index: int) -> None:
         """The worker's channel is readable: ready/idle events, or EOF as it exits."""
@@ -180,34 +192,11 @@ class WorkerPool:
             lost = "timeouts" if facts.timed_out else "aborted"
         self.scoreboard.release(index, lost)
         self.on_child_reaped(handle.pid)
-        self._log_exit(handle, reason, description, facts)
-
-    def _log_exit(
-        self, handle: WorkerHandle, reason: RestartReason, description: str, facts: ExitFacts
-    ) -> None:
-        from ..workers.worker_loop import BOOT_FAILURE_EXIT
-
+        delay = 0.0
         if reason is RestartReason.BOOT_FAILURE:
             self.boot_failures += 1
             delay = self.spawner.back_off(self.boot_failures)
-            log.error(
-                "worker %d (pid %d) died while booting (%s%s); next start in %.1f s",
-                handle.index,
-                handle.pid,
-                description,
-                ", worker_setup() raised" if facts.exitcode == BOOT_FAILURE_EXIT else "",
-                delay,
-            )
-        elif reason is RestartReason.RECYCLED:
-            log.info("worker %d (pid %d) recycled", handle.index, handle.pid)
-        elif reason is RestartReason.CRASHED:
-            log.warning(
-                "worker %d (pid %d) exited on %s while %s, replacing",
-                handle.index,
-                handle.pid,
-                description.removeprefix("signal "),
-                facts.last_state.name.lower(),
-            )
+        log_worker_exit(handle.index, handle.pid, reason, description, facts, delay)
 
     # --- housekeeping -------------------------------------------------------------------
 
@@ -266,7 +255,8 @@ class WorkerPool:
     @property
     def reloading(self) -> bool:
         """A reload is in progress: old workers still run, or new ones are not all ready."""
-        return any(h.generation != self.generation for h in self.workers.values())
+        old = any(h.generation != self.generation for h in self.workers.values())
+        return old or self.ready_count() < self.desired
 
     def reconcile(self, now: float) -> None:
         """Spawn or stop workers until the current generation has `desired` of them."""
@@ -316,6 +306,16 @@ class WorkerPool:
         self.generation += 1
         self.tick_due = True
         log.info("reloading: starting generation %d", self.generation)
+
+    def abandon_generation(self) -> None:
+        """A failed upgrade: the previous generation is current again; the new one stops."""
+        self.generation -= 1
+        self.boot_failures = 0
+        self.spawner.next_spawn_at = 0.0
+        for handle in list(self.workers.values()):
+            if handle.generation > self.generation:
+                self.stop_worker(handle)
+        self.tick_due = True
 
     # --- stopping -------------------------------------------------------------------------
 

@@ -75,3 +75,15 @@ def exit_code_taken(process: Any) -> int:
     popen = getattr(process, "_popen", None)
     code = getattr(popen, "returncode", None)
     return int(code) if code is not None else 0
+
+
+class AdoptedProcess:
+    """Stands in for the multiprocess Process of a worker an earlier image forked (after an
+    in-place upgrade): it has a pid and nothing for multiprocess to wait on."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.sentinel = None
+
+    def close(self) -> None:
+        """Nothing to release."""

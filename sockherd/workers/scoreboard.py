@@ -1,7 +1,8 @@
 """The scoreboard: one shared-memory slot per worker, the single source of worker state.
 
-It is an anonymous shared mapping created by the supervisor before its first fork,
-so every worker inherits it; no file, no fd, nothing to clean up.  A slot is
+It is a shared mapping created by the supervisor before its first fork, so every
+worker inherits it; on Linux it is backed by a memfd, which an in-place upgrade
+passes on to the new image (nothing on disk, nothing to clean up).  A slot is
 written by its owner only: the worker writes its state, heartbeat and request
 figures, the supervisor writes pid/generation/start time before the fork, the
 `stop` request while the worker lives, and marks the slot dead after reaping
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -60,13 +62,37 @@ class FoldedCounts:
     buckets: list[int] = field(default_factory=lambda: [0] * BUCKETS)
 
 
-class Scoreboard:
-    """`size` slots plus a header, in memory shared with every forked worker."""
+def scoreboard_length(size: int) -> int:
+    """Bytes of a scoreboard of `size` slots."""
+    return ctypes.sizeof(Header) + size * ctypes.sizeof(Slot)
 
-    def __init__(self, size: int) -> None:
+
+class Scoreboard:
+    """`size` slots plus a header, in memory shared with every forked worker.
+
+    Where the system has memfd (Linux), the memory is a memfd's (`fd`, close-on-exec), so
+    an in-place upgrade can pass it on and the new image map the same slots
+    (`inherited_fd`); elsewhere it is an anonymous shared mapping and `fd` is None.
+    """
+
+    def __init__(self, size: int, inherited_fd: int | None = None) -> None:
         self.size = size
-        length = ctypes.sizeof(Header) + size * ctypes.sizeof(Slot)
-        self._memory = mmap.mmap(-1, length)  # MAP_SHARED | MAP_ANONYMOUS
+        length = scoreboard_length(size)
+        self.fd: int | None = inherited_fd
+        if self.fd is None and hasattr(os, "memfd_create"):
+            try:
+                self.fd = os.memfd_create("sockherd-scoreboard", os.MFD_CLOEXEC)
+                os.ftruncate(self.fd, length)
+            except OSError:
+                if self.fd is not None:
+                    os.close(self.fd)
+                self.fd = None
+        if self.fd is None:
+            self._memory = mmap.mmap(-1, length)  # MAP_SHARED | MAP_ANONYMOUS
+        else:
+            if os.fstat(self.fd).st_size != length:
+                raise ValueError(f"the inherited scoreboard is not {size} slots long")
+            self._memory = mmap.mmap(self.fd, length)  # MAP_SHARED
         self.header = Header.from_buffer(self._memory, 0)
         self.slots = (Slot * size).from_buffer(self._memory, ctypes.sizeof(Header))
         self.folded = [FoldedCounts() for _ in range(size)]
@@ -170,7 +196,14 @@ class Scoreboard:
         """Requests served or lost by every worker, dead or alive (monotonic)."""
         return sum(t.requests + t.timeouts + t.aborted for t in map(self.totals, range(self.size)))
 
+    def close_fd(self) -> None:
+        """Close the memfd (a worker needs only the mapping); the mapping stays."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
     def close(self) -> None:
         """Unmap the memory (the supervisor, once every worker is gone)."""
+        self.close_fd()
         del self.header, self.slots
         self._memory.close()
