@@ -11,8 +11,11 @@ to the width; rows that do not fit are counted on the last line).
 When stdout is not a terminal (a pipe, a file, a script) it prints one frame as plain text
 and exits: `sockherd ctl --control PATH top | head` works like `status`, with the live
 columns.  A control socket that cannot be reached gives the same one line and exit status 1
-as every other `ctl` command; a supervisor that goes away while the view runs gives one
-line ("went away") and exit status 1, after curses has given the terminal back.
+as every other `ctl` command; a supervisor that goes away while the view runs (its socket
+file removed, or nobody listening on it) gives one line ("lost the supervisor") and exit
+status 1, after curses has given the terminal back.  A connection closed without a reply
+(an in-place upgrade's exec closes the connections the old image had accepted) or a reply
+that times out is retried at each refresh, with a note on screen, for up to 30 s.
 """
 
 from __future__ import annotations
@@ -27,15 +30,18 @@ from .top_view import Line, Reading, frame, plain
 
 INTERVAL = 1.0
 REPLY_TIMEOUT = 5.0
+GIVE_UP = 30.0  # seconds of transient failures before the view gives up
 
 
 class SupervisorGone(Exception):
     """The supervisor does not answer (or refuses): `line` is what `ctl` prints if it never
-    answered, `reason` what went wrong."""
+    answered, `reason` what went wrong; `transient` if it may answer the next time (a
+    connection closed by an in-place upgrade's exec, a reply that timed out)."""
 
-    def __init__(self, line: str, reason: str) -> None:
+    def __init__(self, line: str, reason: str, transient: bool = False) -> None:
         super().__init__(line)
         self.reason = reason
+        self.transient = transient
 
 
 def fetch(path: str) -> Reading:
@@ -45,11 +51,14 @@ def fetch(path: str) -> Reading:
     with an error (a refused user, say)."""
     try:
         reply = send_command(path, "status", timeout=REPLY_TIMEOUT)
-    except OSError as error:
+    except TimeoutError as error:
+        reason = f"no reply within {REPLY_TIMEOUT:.0f} s"
+        raise SupervisorGone(unreachable(path, error), reason, transient=True) from None
+    except OSError as error:  # no socket file (it stopped), or nobody listening (killed)
         raise SupervisorGone(unreachable(path, error), str(error.strerror or error)) from None
-    except ValueError:  # closed without a whole reply: it is stopping
+    except ValueError:  # closed without a whole reply: an upgrade's exec, or stopping
         reason = "it closed the connection without a reply"
-        raise SupervisorGone(unreachable(path, OSError(reason)), reason) from None
+        raise SupervisorGone(unreachable(path, OSError(reason)), reason, True) from None
     if not reply.get("ok"):
         said = f"sockherd: the supervisor at {path} said: {reply.get('error')}"
         raise SupervisorGone(said, str(reply.get("error")))
@@ -93,13 +102,19 @@ def fetch_or_first(path: str, first: Reading) -> Reading:
 
 
 def _live(screen: Any, path: str, current: Reading, interval: float) -> None:
-    """The curses loop: draw, wait for a key or the next refresh, fetch, repeat."""
+    """The curses loop: draw, wait for a key or the next refresh, fetch, repeat.
+
+    A transient failure keeps the last frame on screen with a note and retries at the next
+    refresh, for up to GIVE_UP seconds; any other failure ends the view (SupervisorGone)."""
     styles = _styles()
     _hide_cursor()
     previous: Reading | None = None
+    failing_since: float | None = None
+    note: Line | None = None
     while True:
-        _draw(screen, frame(current, previous), styles)
-        due = current.at + interval
+        lines = frame(current, previous)
+        _draw(screen, lines[:1] + [note] + lines[1:] if note else lines, styles)
+        due = time.monotonic() + interval if note else current.at + interval
         while (remaining := due - time.monotonic()) > 0:
             screen.timeout(max(1, int(remaining * 1000)))
             key = screen.getch()
@@ -107,8 +122,20 @@ def _live(screen: Any, path: str, current: Reading, interval: float) -> None:
                 return
             if key == curses.KEY_RESIZE:
                 curses.update_lines_cols()
-                _draw(screen, frame(current, previous), styles)
-        previous, current = current, fetch(path)
+                lines = frame(current, previous)
+                _draw(screen, lines[:1] + [note] + lines[1:] if note else lines, styles)
+        try:
+            previous, current = current, fetch(path)
+        except SupervisorGone as gone:
+            now = time.monotonic()
+            failing_since = now if failing_since is None else failing_since
+            if not gone.transient or now - failing_since > GIVE_UP:
+                raise
+            note = Line(
+                f"no reply for {now - failing_since:.0f} s ({gone.reason}); retrying", "stopping"
+            )
+        else:
+            failing_since, note = None, None
 
 
 def _hide_cursor() -> None:

@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 `frame(reply, previous)` is a pure function: it turns the reply of the control socket's
 `status` command (see `supervisor.commands.status_reply`) into `Line`s -- a header with the
-supervisor's state, a summary of the pools and each listener's queue (connections waiting
-in its backlog, Linux TCP), then one row per worker, busiest first.
+supervisor's state, a summary of the pools, each listener's queue (connections waiting in
+its backlog, Linux TCP) and the last in-place upgrade, then one row per worker, busiest
+first.
 `sockherd.top` draws those lines with curses, once a second, or prints them once when
 stdout is not a terminal; neither knows how a row is made.
 
@@ -191,7 +192,23 @@ def _header(current: Reading, previous: Reading | None, clock: float) -> list[Li
     ]
     if queues:
         lines.append(Line("listen queue: " + ", ".join(queues)))
+    upgrade = reply.get("upgrade")
+    if isinstance(upgrade, Mapping) and upgrade:
+        lines.append(Line(upgrade_text(upgrade)))
     return lines
+
+
+def upgrade_text(upgrade: Mapping[str, Any]) -> str:
+    """The last in-place upgrade: "upgrade 2: in progress", "last upgrade 2: ok in 1.4 s",
+    "last upgrade 3: failed (the new code does not import)"."""
+    number, outcome = upgrade.get("id"), upgrade.get("outcome")
+    if outcome is None:
+        return f"upgrade {number}: in progress"
+    if outcome == "ok":
+        seconds = upgrade.get("seconds")
+        took = f" in {seconds:.1f} s" if isinstance(seconds, int | float) else ""
+        return f"last upgrade {number}: ok{took}"
+    return f"last upgrade {number}: {outcome} ({upgrade.get('reason')})"
 
 
 def _table(

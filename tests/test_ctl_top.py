@@ -163,6 +163,90 @@ def test_top_says_so_in_one_line_and_exits_1_when_the_supervisor_goes_away(tmp_p
         assert len(said) == 1 and said[0].startswith(f"sockherd: lost the supervisor at {control}")
 
 
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(
+    not (hasattr(os, "memfd_create") and hasattr(os, "pidfd_open")),
+    reason="an in-place upgrade needs Linux (memfd, pidfd)",
+)
+def test_top_keeps_running_through_an_in_place_upgrade(tmp_path):
+    """The exec closes the connections the old image had accepted: the view retries
+    rather than giving up, and then shows the new generation and the upgrade's outcome."""
+    control = str(tmp_path / "control.sock")
+    with supervisor(control) as (process, _), top_in_tmux(control, tmp_path) as (term, status):
+        term.wait_for(lambda lines: len(rows_of(lines, worker_pids(control))) == 2)
+        for number in (1, 2):
+            upgraded = ctl(control, "upgrade")
+            assert upgraded.returncode == 0, upgraded.stderr
+            pids = worker_pids(control)
+            screen = term.wait_for(
+                lambda lines, n=number, pids=pids: (
+                    any(f"generation {n}" in ln for ln in lines)
+                    and any(f"last upgrade {n}: ok in" in ln for ln in lines)
+                    and len(rows_of(lines, pids)) == 2
+                )
+            )
+            assert f"supervisor pid {process.pid}: running" in screen[0]
+        assert not os.path.exists(status), "the view gave up during an upgrade"
+        term.send("q")
+        assert exit_status(status) == 0
+
+
+# A control socket that answers `status` like a supervisor with one worker, except while
+# the file DROP exists: then it closes each connection without a reply, as an in-place
+# upgrade's exec does to the connections the old image had accepted.
+DROPPING_SUPERVISOR = """
+import json, os, socket, sys
+path, drop = sys.argv[1], sys.argv[2]
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(path)
+listener.listen(8)
+print("ready", flush=True)
+answered = dropped = 0
+while True:
+    connection, _ = listener.accept()
+    connection.recv(1024)
+    if os.path.exists(drop):
+        dropped += 1
+    else:
+        answered += 1
+        worker = {"slot": 0, "pid": os.getpid(), "state": "idle", "requests": answered, "age": 1}
+        reply = {"ok": True, "state": "running", "pid": os.getpid(), "uptime": 1.0,
+                 "desired": 1, "generation": 1 if dropped else 0, "workers": [worker],
+                 "requests_total": answered, "in_progress": 0, "restarts": {}, "servers": []}
+        connection.sendall(json.dumps(reply).encode() + b"\\n")
+    connection.close()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_top_retries_a_connection_closed_without_a_reply_and_recovers(tmp_path):
+    control, drop = str(tmp_path / "control.sock"), str(tmp_path / "drop")
+    fake = subprocess.Popen(
+        [sys.executable, "-c", DROPPING_SUPERVISOR, control, drop],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert fake.stdout is not None and fake.stdout.readline() == "ready\n"
+        with top_in_tmux(control, tmp_path) as (term, status):
+            term.wait_for(lambda lines: any("generation 0" in line for line in lines))
+            open(drop, "w").close()
+            noted = term.wait_for(lambda lines: any("no reply for" in ln for ln in lines))
+            assert any("(it closed the connection without a reply); retrying" in ln for ln in noted)
+            assert any("generation 0" in line for line in noted), "the last frame stays"
+            os.unlink(drop)
+            term.wait_for(
+                lambda lines: (
+                    any("generation 1" in line for line in lines)
+                    and not any("no reply" in line for line in lines)
+                )
+            )
+            term.send("q")
+            assert exit_status(status) == 0
+    finally:
+        fake.kill()
+        fake.communicate()
+
+
 def test_top_prints_one_frame_when_stdout_is_not_a_terminal(tmp_path):
     control = str(tmp_path / "control.sock")
     with supervisor(control) as (_, address):
@@ -250,6 +334,17 @@ def test_two_replies_give_rates_and_a_draining_supervisor_shows_its_deadline():
     assert lines[2].text.startswith("requests: 34 served, 10.0/s, 1 in progress")
     table = [line.text.split() for line in lines if line.style == "idle"]
     assert [(row[0], row[4]) for row in table] == [("0", "10.0"), ("1", "0.0")]
+
+
+def test_the_last_upgrade_is_shown_in_progress_done_or_failed():
+    def shown(upgrade: dict) -> list[str]:
+        return [line.text for line in frame(Reading(reply(worker(0), upgrade=upgrade), 1.0))]
+
+    assert "upgrade 4: in progress" in shown({"id": 4, "outcome": None, "reason": None})
+    assert "last upgrade 4: ok in 1.2 s" in shown({"id": 4, "outcome": "ok", "seconds": 1.25})
+    failed = {"id": 5, "outcome": "failed", "reason": "the new code does not import"}
+    assert "last upgrade 5: failed (the new code does not import)" in shown(failed)
+    assert not any("upgrade" in text for text in shown(None))
 
 
 def test_a_supervisor_without_a_pool_says_which_mode_it_serves_in():
