@@ -606,10 +606,10 @@ def test_handle_request_times_out_with_only_socket_settimeout(ss: Any) -> None:
 
 
 class SignalStorm:
-    """Send SIGUSR2 to the main thread every few milliseconds from a helper thread, with a
+    """Send SIGWINCH to the main thread every few milliseconds from a helper thread, with a
     Python handler that records when each signal arrived.  Restores the old handler.
 
-    SIGUSR2 is none of a prefork supervisor's signals, so only the test's handler sees it.
+    SIGWINCH is none of a prefork supervisor's signals, so only the test's handler sees it.
     """
 
     def __init__(self) -> None:
@@ -622,12 +622,12 @@ class SignalStorm:
     def _send(self) -> None:
         self._go.wait()
         while not self._stop.wait(0.005):
-            signal.pthread_kill(self._main, signal.SIGUSR2)  # type: ignore[arg-type]
+            signal.pthread_kill(self._main, signal.SIGWINCH)  # type: ignore[arg-type]
 
     def __enter__(self) -> SignalStorm:
         assert threading.get_ident() == self._main, "signal handlers run in the main thread"
         self._previous = signal.signal(
-            signal.SIGUSR2, lambda signum, frame: self.received.append(time.monotonic())
+            signal.SIGWINCH, lambda signum, frame: self.received.append(time.monotonic())
         )
         self._thread.start()
         return self
@@ -642,7 +642,7 @@ class SignalStorm:
         self._go.set()
         self._stop.set()
         self._thread.join(5)
-        signal.signal(signal.SIGUSR2, self._previous)
+        signal.signal(signal.SIGWINCH, self._previous)
 
 
 def test_signal_during_handle_request_does_not_cut_the_timeout_short(ss: Any) -> None:
