@@ -1,7 +1,7 @@
 """The `sockherd` command.
 
     sockherd serve MODULE:HANDLER|MODULE:FACTORY [--bind ADDRESS]... [--mode MODE] [options]
-    sockherd ctl --control PATH status [--json] | scale N|+N|-N | reload | upgrade | stop
+    sockherd ctl --control PATH status [--json] | top | scale N|+N|-N | reload | upgrade | stop
 
 ADDRESS is `tcp://HOST:PORT`, `udp://HOST:PORT`, `unix:/path`, `fd://N` (an
 inherited listening socket), `systemd` (socket activation) or plain `HOST:PORT`;
@@ -42,7 +42,7 @@ from .metrics.endpoint_security import MetricsTLSError
 from .preflight import preflight
 from .server.socket_servers import BindError
 from .supervisor.arbiter import Arbiter
-from .supervisor.control import ControlError, send_command
+from .supervisor.control import ControlError, send_command, unreachable
 from .supervisor.listen_fds import ListenFdsError
 from .supervisor.preflight_run import PREFLIGHT_ENVIRONMENT
 from .supervisor.settings import TABLE, flag_of
@@ -80,7 +80,9 @@ def _build_parser() -> argparse.ArgumentParser:
     ctl = commands.add_parser("ctl", help="talk to a running prefork supervisor")
     ctl.add_argument("--control", required=True, help="the supervisor's control socket path")
     ctl.add_argument("--json", action="store_true", help="print the reply as JSON")
-    ctl.add_argument("words", nargs="+", help="status | scale N|+N|-N | reload | upgrade | stop")
+    ctl.add_argument(
+        "words", nargs="+", help="status | top | scale N|+N|-N | reload | upgrade | stop"
+    )
     return parser
 
 
@@ -173,11 +175,7 @@ def control_client(path: str, command: str, as_json: bool) -> int:
     try:
         reply = send_command(path, command)
     except OSError as error:
-        print(
-            f"sockherd: cannot reach the supervisor at {path}: {error.strerror or error}; "
-            "is it running with --control pointing there?",
-            file=sys.stderr,
-        )
+        print(unreachable(path, error), file=sys.stderr)
         return 1
     if as_json or not reply.get("ok"):
         print(json.dumps(reply, indent=2))
@@ -247,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sockherd` console script."""
     args = _build_parser().parse_args(argv)
     if args.command == "ctl":
+        if args.words[0] == "top":
+            return _top(args.control, args.words[1:], args.json)
         if args.words == ["upgrade"]:
             return upgrade_client(args.control, args.json)
         return control_client(args.control, " ".join(args.words), args.json)
@@ -265,6 +265,19 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         log.error("%s", error)
         return 1
+
+
+def _top(path: str, extra: list[str], as_json: bool) -> int:
+    """`ctl top`: the live view (sockherd.top); usage errors give exit status 2."""
+    if extra or as_json:
+        print(
+            "sockherd: ctl top takes no arguments (for JSON use: ctl status --json)",
+            file=sys.stderr,
+        )
+        return 2
+    from . import top  # here, so that curses is never loaded into a serving process
+
+    return top.run(path)
 
 
 def _valid_level(level: str | None) -> bool:

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from .supervisor.control import send_command
+from .supervisor.control import send_command, unreachable
 
 POLL_INTERVAL = 0.1
 MARGIN = 30.0  # beyond the upgrade timeout: the pre-flight and the exec
@@ -26,11 +26,7 @@ def upgrade_client(path: str, as_json: bool) -> int:
     try:
         reply = send_command(path, "upgrade")
     except OSError as error:
-        print(
-            f"sockherd: cannot reach the supervisor at {path}: {error.strerror or error}; "
-            "is it running with --control pointing there?",
-            file=sys.stderr,
-        )
+        print(unreachable(path, error), file=sys.stderr)
         return 1
     if not reply.get("ok"):
         print(f"sockherd: upgrade refused: {reply.get('error')}", file=sys.stderr)

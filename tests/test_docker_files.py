@@ -119,7 +119,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.parametrize("name", ["compose.yaml", "prometheus.yml"])
+@pytest.mark.parametrize("name", ["compose.yaml", "prometheus/prometheus.yml"])
 def test_compose_and_prometheus_configs_name_the_metrics_port(name):
     with open(os.path.join(PROJECT_ROOT, "docker", name)) as file:
         assert "9100" in file.read()

@@ -19,6 +19,7 @@ import pytest
 from conftest import metrics_endpoint, pool_of, serving, tcp_request, wait_until
 from prefork_handlers import Commands
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_server import running_prometheus
 
 import sockherd
 
@@ -210,57 +211,21 @@ def test_importing_sockherd_does_not_import_the_exposition_module():
 # --- a real Prometheus server ------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def prometheus_query(port: int, query: str) -> list:
-    url = f"http://127.0.0.1:{port}/api/v1/query?query={urllib.request.quote(query)}"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())["data"]["result"]
-
-
 @pytest.mark.timeout(120)
 def test_a_real_prometheus_scrapes_the_request_count():
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("prometheus is not installed (Debian package 'prometheus'; see .ci/run)")
     server = make_server("prefork-dispatch")
-    with serving(server, poll_interval=0.05), tempfile.TemporaryDirectory() as workdir:
+    with serving(server, poll_interval=0.05):
         for index in range(12):
             tcp_request(server.server_address, b"echo %d\n" % index)
-        with open(os.path.join(PROJECT_ROOT, "docker", "prometheus.yml")) as template:
-            config = template.read().replace("sockherd:9100", f"127.0.0.1:{metrics_port(server)}")
-        config = config.replace("scrape_interval: 5s", "scrape_interval: 1s")
-        config = config.replace("scrape_timeout: 4s", "scrape_timeout: 1s")
-        config_path = os.path.join(workdir, "prometheus.yml")
-        with open(config_path, "w") as file:
-            file.write(config)
-        port = free_port()
-        prometheus = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config_path}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                f"--storage.tsdb.path={os.path.join(workdir, 'data')}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
+        with running_prometheus(f"127.0.0.1:{metrics_port(server)}") as prometheus:
 
             def scraped_count():
                 with contextlib.suppress(OSError, KeyError, ValueError):
-                    result = prometheus_query(port, 'sum(sockherd_requests_total{job="sockherd"})')
+                    result = prometheus.query('sum(sockherd_requests_total{job="sockherd"})')
                     return result and float(result[0]["value"][1]) == 12
                 return False
 
             wait_until(scraped_count, timeout=60, interval=0.25)
-        finally:
-            prometheus.terminate()
-            prometheus.wait(30)
 
 
 def test_listen_backlog_and_queue_length_are_reported_on_linux():

@@ -86,6 +86,11 @@ def status_reply(snapshot: SupervisorSnapshot) -> dict[str, Any]:
                 "requests": worker.requests,
                 "errors": worker.errors,
                 "age": worker.age,
+                "request": worker.request,
+                "elapsed": worker.request_elapsed,
+                "cpu_seconds": worker.cpu_seconds,
+                "rss": worker.rss,
+                "pss": worker.pss,
             }
             if several:
                 row["server"] = server.label
@@ -113,6 +118,7 @@ def status_reply(snapshot: SupervisorSnapshot) -> dict[str, Any]:
                 "mode": server.mode,
                 "in_progress": server.in_progress,
                 "requests": dict(server.requests),
+                "listen_queue": server.listen_queue,  # [waiting, backlog] or None
             }
             for server in snapshot.servers
         ],

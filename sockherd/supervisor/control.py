@@ -226,3 +226,12 @@ def send_command(path: str, command: str, timeout: float = 10.0) -> dict[str, An
             data += chunk
     reply: dict[str, Any] = json.loads(data)
     return reply
+
+
+def unreachable(path: str, error: OSError | ValueError) -> str:
+    """The one line `sockherd ctl` prints when the supervisor at `path` does not answer."""
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+    return (
+        f"sockherd: cannot reach the supervisor at {path}: {reason or 'no reply'}; "
+        "is it running with --control pointing there?"
+    )
