@@ -42,6 +42,8 @@ class WorkerSnapshot:
     age: float  # seconds since it was forked
     heartbeat_age: float  # seconds since it last proved it is alive
     started_at: float  # Unix time
+    threads: int = 1  # requests it can serve at once (its thread pool)
+    busy_threads: int = 0  # threads serving a request now
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +74,13 @@ class PoolSnapshot:
     def busy(self) -> int:
         """Workers serving a request now."""
         return sum(1 for worker in self.workers if worker.state == "busy")
+
+    @property
+    def threads(self) -> tuple[int, int]:
+        """(busy, idle) request threads of the live workers (a sync worker is one thread)."""
+        serving = [w for w in self.workers if w.state in ("idle", "busy")]
+        busy = sum(worker.busy_threads for worker in serving)
+        return busy, sum(worker.threads for worker in serving) - busy
 
     @property
     def requests_total(self) -> int:

@@ -78,6 +78,8 @@ def status_reply(snapshot: SupervisorSnapshot) -> dict[str, Any]:
                 "requests": worker.requests,
                 "errors": worker.errors,
                 "age": worker.age,
+                "threads": worker.threads,
+                "busy_threads": worker.busy_threads,
             }
             if several:
                 row["server"] = server.label

@@ -39,6 +39,7 @@ class PoolSettings:
     max_spare_workers: int
     autoscale_interval: float
     autoscale_cooldown: float
+    threads: int = 1  # requests each worker serves at once (its thread pool)
 
 
 def default_workers() -> int:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from ..metrics.snapshot import PoolSnapshot, SlotFigures, WorkerSnapshot
 from ..workers.lifecycle import WorkerState
+from ..workers.scoreboard import Slot
 from .worker_exits import RestartReason
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ def pool_snapshot(pool: WorkerPool) -> PoolSnapshot:
                 age=round(now_monotonic - handle.started_at, 3),
                 heartbeat_age=max(0.0, now_monotonic - slot.heartbeat),
                 started_at=now_wall - (now_monotonic - slot.started),
+                **_threads(slot, scoreboard.state(index)),
             )
         )
     slots = []
@@ -67,3 +69,10 @@ def pool_snapshot(pool: WorkerPool) -> PoolSnapshot:
             if scoreboard.state(index) == WorkerState.DEAD
         ),
     )
+
+
+def _threads(slot: Slot, state: WorkerState) -> dict[str, int]:
+    """A worker's thread pool size and busy threads; a sync worker is one thread."""
+    if slot.threads > 1:
+        return {"threads": slot.threads, "busy_threads": min(slot.busy_threads, slot.threads)}
+    return {"threads": 1, "busy_threads": int(state == WorkerState.BUSY)}

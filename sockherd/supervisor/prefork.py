@@ -15,6 +15,8 @@ handoff              accept  "accept" (workers block in accept) or "dispatch"
                              to the least recently used idle worker)
 max_requests         0       recycle a worker after this many requests (0: never)
 max_requests_jitter  0       plus a random 0..jitter, so workers do not recycle together
+threads              1       requests each worker serves at once, in a pool of threads
+                             (see `workers.threaded_worker`); 1: no threads
 max_worker_memory    None    recycle a worker whose resident memory exceeds this many
                              bytes after a request
 worker_timeout       30      seconds one request (or a worker's boot) may take before
@@ -114,6 +116,7 @@ class PreforkMixIn(_MixInHost):
     max_spare_workers = 4
     autoscale_interval = 1.0
     autoscale_cooldown = 10.0
+    threads = 1
 
     # sockherd state, created lazily (no mix-in __init__).
     _pool: WorkerPool | None = None
@@ -171,6 +174,7 @@ class PreforkMixIn(_MixInHost):
             max_spare_workers=self.max_spare_workers,
             autoscale_interval=self.autoscale_interval,
             autoscale_cooldown=self.autoscale_cooldown,
+            threads=self.threads,
         )
 
     def pool_snapshot(self) -> PoolSnapshot | None:

@@ -75,7 +75,11 @@ class WorkerPool:
         self.max_workers = max(settings.max_workers, self.desired)
         self.scoreboard = Scoreboard(2 * self.max_workers)  # room for a reload's new generation
         self.spawner = Spawner(server, self.scoreboard, settings.handoff)
-        self.dispatcher = Dispatcher(self.scoreboard) if settings.handoff == "dispatch" else None
+        self.dispatcher = (
+            Dispatcher(self.scoreboard, settings.threads)
+            if settings.handoff == "dispatch"
+            else None
+        )
         self.generation = 0
         self.workers: dict[int, WorkerHandle] = {}
         self.exit_counts: collections.Counter[str] = collections.Counter()
@@ -176,9 +180,10 @@ class WorkerPool:
         if self.dispatcher is not None:
             self.dispatcher.forget(index)
         lost = None
-        if self.scoreboard.request_in_hand(index):
+        in_hand = self.scoreboard.requests_in_hand(index)  # a threaded worker: up to threads
+        if in_hand:
             lost = "timeouts" if facts.timed_out else "aborted"
-        self.scoreboard.release(index, lost)
+        self.scoreboard.release(index, lost, others_lost=max(0, in_hand - 1))
         self.on_child_reaped(handle.pid)
         self._log_exit(handle, reason, description, facts)
 
