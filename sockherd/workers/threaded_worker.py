@@ -26,6 +26,11 @@ handler itself.
 * **Limits.**  `max_requests` counts requests taken in hand: once reached the
   worker accepts no more, lets the running ones finish and exits.  `read_timeout`
   applies to each connection, so a slow client holds one thread only.
+* **A handler's SystemExit or KeyboardInterrupt** ends the worker, as in a sync
+  worker, but gracefully: the worker stops taking connections, the other threads
+  finish their requests, then the main thread raises it (the exit status says so
+  and the supervisor replaces the worker).  A connection the main thread was
+  already accepting is still served.
 * **Stopping.**  When told to stop the main thread stops taking connections (an
   accept-mode worker of a stopping server first takes what waits in the backlog,
   a dispatch-mode worker what was already passed to it), then puts one sentinel
@@ -38,6 +43,7 @@ from __future__ import annotations
 import errno
 import queue
 import select
+import signal
 import threading
 import time
 from typing import Any
@@ -63,6 +69,7 @@ class ThreadedWorker(Worker):
         self.pool: list[threading.Thread] = []
         self.in_hand: dict[int, float] = {}  # request number -> monotonic start
         self.taken = 0  # requests taken in hand (what max_requests counts)
+        self.ended_by: BaseException | None = None  # a handler's SystemExit, KeyboardInterrupt
 
     # --- the pool ------------------------------------------------------------------
 
@@ -97,6 +104,11 @@ class ThreadedWorker(Worker):
                 return
             try:
                 self.serve_in_thread(*job)
+            except BaseException as error:  # SystemExit or KeyboardInterrupt from a handler
+                # It ends the worker, as in a sync worker, once the other requests finish.
+                if self.ended_by is None:
+                    self.ended_by = error
+                self._on_sigterm(signal.SIGTERM, None)
             finally:
                 self.free.release()
                 if self.handoff == "dispatch":
@@ -109,6 +121,14 @@ class ThreadedWorker(Worker):
         return self.holding
 
     # --- the main thread -----------------------------------------------------------
+
+    def run(self) -> int:
+        """As a sync worker's; a SystemExit or KeyboardInterrupt a handler raised in a
+        request thread is raised here once every thread has finished its request."""
+        status = super().run()
+        if self.ended_by is not None:
+            raise self.ended_by
+        return status
 
     def should_stop(self) -> bool:
         """As a sync worker's, with max_requests counting requests taken in hand."""
