@@ -76,6 +76,11 @@ class PoolSnapshot:
         return sum(1 for worker in self.workers if worker.state == "busy")
 
     @property
+    def in_progress(self) -> int:
+        """Requests being served now: busy workers, or their busy threads if threaded."""
+        return sum(worker.busy_threads for worker in self.workers)
+
+    @property
     def threads(self) -> tuple[int, int]:
         """(busy, idle) request threads of the live workers (a sync worker is one thread)."""
         serving = [w for w in self.workers if w.state in ("idle", "busy")]
@@ -168,7 +173,7 @@ def server_snapshot(
                 requests[outcome] += value
             buckets = [a + b for a, b in zip(buckets, slot.buckets, strict=True)]
             duration_sum += slot.duration_sum
-        in_progress = pool.busy
+        in_progress = pool.in_progress
     else:
         requests = {outcome: stats.by_outcome[outcome] for outcome in OUTCOMES}
         buckets, duration_sum = list(stats.buckets), stats.duration_sum
