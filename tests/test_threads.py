@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -263,6 +264,26 @@ def test_a_graceful_stop_waits_for_every_threads_request():
             replies = release(clients)
         assert s.stop(timeout=LOADED) == 0
     assert sorted(reply.split()[1] for reply in replies) == ["h0", "h1", "h2", "h3"]
+
+
+def test_a_reload_lets_every_thread_of_an_old_worker_finish():
+    """SIGHUP while 3 threads of the one worker hold requests: a new worker serves new
+    requests at once, and each held request is answered by the old worker."""
+    settings = {"workers": 1, "threads": 4, "heartbeat_interval": 0.05, "graceful_timeout": 60}
+    with server_process("PreforkTCPServer", "prefork_handlers:Commands", settings, **METRICS) as s:
+        wait_until(lambda: threads_by_state(s) == (0, 4), timeout=LOADED)
+        old = request_line(s.address, b"echo old\n").split()[0]
+        with held(s.address, 3) as clients:
+            wait_until(lambda: threads_by_state(s)[0] == 3, timeout=LOADED)
+            s.process.send_signal(signal.SIGHUP)
+
+            def new_worker_answers() -> bool:
+                return request_line(s.address, b"echo new\n").split()[0] != old
+
+            wait_until(new_worker_answers, timeout=LOADED)
+            assert {reply.split()[0] for reply in release(clients)} == {old.decode()}
+        wait_until(lambda: requests_by_outcome(s)["aborted"] == 0 and threads_by_state(s)[0] == 0)
+        assert metric_value(s.scrape(), "sockherd_worker_restarts_total", reason="stopped") == 1
 
 
 def test_worker_timeout_kills_the_worker_and_counts_its_other_requests_as_aborted():
