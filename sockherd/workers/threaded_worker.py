@@ -205,10 +205,12 @@ class ThreadedWorker(Worker):
             with self.lock:
                 self.scoreboard.record_request(self.index, time.monotonic() - began, outcome)
                 self.served += 1
-            self.server.shutdown_request(request)
-            if self.memory_limit and resident_memory() > self.memory_limit:
-                self.over_memory_limit = True
-            self.end(key)
+            try:
+                self.server.shutdown_request(request)
+                if self.memory_limit and resident_memory() > self.memory_limit:
+                    self.over_memory_limit = True
+            finally:
+                self.end(key)
 
     def begin(self, key: int, began: float) -> None:
         """Show one more request in hand in the scoreboard."""
