@@ -401,6 +401,50 @@ def test_bad_threads_keyword_is_refused(value):
         sockherd.PreforkTCPServer(("127.0.0.1", 0), sockherd.StreamRequestHandler, threads=value)
 
 
+def test_bad_threads_class_attribute_is_refused():
+    class Server(sockherd.PreforkTCPServer):
+        threads = 0
+
+    with pytest.raises(ValueError, match="threads must be at least 1, not 0"):
+        Server(("127.0.0.1", 0), sockherd.StreamRequestHandler)
+
+
+@pytest.mark.parametrize("source", ["toml", "environment"])
+def test_the_command_takes_threads_from_the_file_or_the_environment(tmp_path, source):
+    control = str(tmp_path / "control.sock")
+    config = tmp_path / "sockherd.toml"
+    config.write_text('mode = "prefork"\nworkers = 1\nbind = "127.0.0.1:0"\n')
+    if source == "toml":
+        config.write_text(config.read_text() + "threads = 3\n")
+    env = dict(os.environ, SOCKHERD_THREADS="3") if source == "environment" else None
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sockherd",
+            "serve",
+            "sockherd.examples.echo:EchoHandler",
+            "--config",
+            str(config),
+            "--control",
+            control,
+        ],  # fmt: skip
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_line(process.stderr, "1 worker ready")
+        reply = json.loads(ctl(control, "status", "--json").stdout)
+        assert [w["threads"] for w in reply["workers"]] == [3]
+    finally:
+        process.terminate()
+        process.communicate(timeout=LOADED)
+    assert process.returncode == 0
+
+
 def test_threads_default_is_one_and_keeps_the_sync_worker():
     from sockherd.workers.threaded_worker import ThreadedWorker, make_worker
     from sockherd.workers.worker_loop import Worker
@@ -426,3 +470,25 @@ def test_threads_default_is_one_and_keeps_the_sync_worker():
     finally:
         read.close()
         write.close()
+
+
+def test_a_threaded_worker_with_a_free_thread_counts_as_idle_for_autoscaling():
+    """The scoreboard's `can_take_request`: IDLE, or BUSY with a thread free (threaded)."""
+    from sockherd.workers.lifecycle import WorkerState
+    from sockherd.workers.scoreboard import Scoreboard
+
+    board = Scoreboard(2)
+    try:
+        for index in (0, 1):
+            board.claim(0)
+            board.set_state(index, WorkerState.IDLE)
+        board.slots[1].threads = 4
+        assert board.can_take_request(0) and board.can_take_request(1)
+        board.set_state(0, WorkerState.BUSY)  # a sync worker: busy is full
+        board.set_state(1, WorkerState.BUSY)
+        board.slots[1].busy_threads = 3
+        assert not board.can_take_request(0) and board.can_take_request(1)
+        board.slots[1].busy_threads = 4
+        assert not board.can_take_request(1)
+    finally:
+        board.close()

@@ -155,7 +155,7 @@ def _pool_families(pools: list[tuple[str, PoolSnapshot]], orphans: int) -> Itera
         for state, value in counts.items():
             workers.add({"server": label, "state": state}, value)
         desired.add({"server": label}, pool.desired)
-        busy, idle = pool.threads
+        busy, idle = pool.thread_counts
         threads.add({"server": label, "state": "busy"}, busy)
         threads.add({"server": label, "state": "idle"}, idle)
         for worker in sorted(pool.workers, key=lambda w: w.slot):

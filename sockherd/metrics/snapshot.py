@@ -81,7 +81,7 @@ class PoolSnapshot:
         return sum(worker.busy_threads for worker in self.workers)
 
     @property
-    def threads(self) -> tuple[int, int]:
+    def thread_counts(self) -> tuple[int, int]:
         """(busy, idle) request threads of the live workers (a sync worker is one thread)."""
         serving = [w for w in self.workers if w.state in ("idle", "busy")]
         busy = sum(worker.busy_threads for worker in serving)

@@ -241,7 +241,7 @@ class WorkerPool:
     def autoscale(self, now: float) -> None:
         """Let the autoscaler adjust `desired` from idle workers and the listen backlog."""
         assert self.autoscaler is not None
-        idle = sum(1 for h in self.current() if self._state(h) == WorkerState.IDLE)
+        idle = sum(1 for h in self.current() if self.scoreboard.can_take_request(h.index))
         queued = queued_connections(self.server.socket)
         delta = self.autoscaler.decide(now, idle, queued)
         if delta:

@@ -125,6 +125,14 @@ class Scoreboard:
         slot = self.slots[index]
         return max(0, int(slot.begun) - int(slot.requests) - int(slot.timeouts))
 
+    def can_take_request(self, index: int) -> bool:
+        """Whether the worker in slot `index` would serve one more request now: it is
+        IDLE, or threaded and BUSY with a thread free (the autoscaler's idle worker)."""
+        slot = self.slots[index]
+        if slot.state == WorkerState.IDLE:
+            return True
+        return bool(slot.state == WorkerState.BUSY and slot.busy_threads < slot.threads)
+
     def busy_since(self, index: int) -> float:
         """When the worker in slot `index` took in hand its oldest running request (or,
         booting, when it started): what `worker_timeout` measures.  Monotonic seconds."""
