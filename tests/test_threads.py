@@ -309,11 +309,13 @@ def test_worker_timeout_kills_the_worker_and_counts_its_other_requests_as_aborte
         assert request_line(s.address, b"echo after\n").split()[1] == b"after"
 
 
-def test_max_requests_counts_requests_and_recycles_once_those_in_hand_finish():
+@pytest.mark.parametrize("handoff", ["accept", "dispatch"])
+def test_max_requests_counts_requests_and_recycles_once_those_in_hand_finish(handoff):
     """1 worker x 4 threads, max_requests 6: 3 held requests and 3 quick ones are the
     worker's 6; a 7th waits, the held ones finish on the first worker, and a fresh worker
     answers the 7th."""
-    settings = {"workers": 1, "threads": 4, "max_requests": 6, "heartbeat_interval": 0.05}
+    settings = {"workers": 1, "threads": 4, "max_requests": 6, "heartbeat_interval": 0.05,
+                "handoff": handoff}  # fmt: skip
     with server_process("PreforkTCPServer", "prefork_handlers:Commands", settings, **METRICS) as s:
         wait_until(lambda: threads_by_state(s) == (0, 4), timeout=LOADED)
         with held(s.address, 3) as clients:

@@ -33,9 +33,11 @@ handler itself.
   already accepting is still served.
 * **Stopping.**  When told to stop the main thread stops taking connections (an
   accept-mode worker of a stopping server first takes what waits in the backlog,
-  a dispatch-mode worker what was already passed to it), then puts one sentinel
-  per thread in the queue and joins every thread: a graceful stop or a reload
-  waits for every thread's request, within the supervisor's graceful_timeout.
+  a dispatch-mode worker what was already passed to it, and sends no more
+  credits), then puts one sentinel per thread in the queue and joins every thread:
+  a graceful stop or a reload waits for every thread's request, within the
+  supervisor's graceful_timeout.  A worker that reached `max_requests` sends no
+  more credits either.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class ThreadedWorker(Worker):
         self.pool: list[threading.Thread] = []
         self.in_hand: dict[int, float] = {}  # request number -> monotonic start
         self.taken = 0  # requests taken in hand (what max_requests counts)
+        self.taking = True  # the main thread takes connections (dispatch: send credits)
         self.ended_by: BaseException | None = None  # a handler's SystemExit, KeyboardInterrupt
 
     # --- the pool ------------------------------------------------------------------
@@ -111,7 +114,7 @@ class ThreadedWorker(Worker):
                 self._on_sigterm(signal.SIGTERM, None)
             finally:
                 self.free.release()
-                if self.handoff == "dispatch":
+                if self.handoff == "dispatch" and self.taking:
                     self.tell(IDLE)  # one more credit: a thread is free
 
     def take_free_thread(self, timeout: float | None) -> bool:
@@ -164,7 +167,23 @@ class ThreadedWorker(Worker):
         try:
             super().dispatched_loop()
         finally:
+            self.taking = False
             self.stop_threads()
+        # A credit sent just before the loop ended may have brought one more connection
+        # while the threads finished: serve it here rather than drop it.
+        channel_only = select.poll()
+        channel_only.register(self.channel.fileno(), select.POLLIN)
+        family, kind = self.server.socket.family, self.server.socket.type
+        while channel_only.poll(0):
+            try:
+                received = receive_connection(self.channel, family, kind)
+            except OSError:
+                return
+            if received is None:
+                return
+            connection, client_address = received
+            timeout = getattr(self.server, "read_timeout", None)
+            self.serve_in_thread(limit_reads(connection, timeout), client_address)
 
     def serve_dispatched(self, family: int, kind: int) -> bool:
         """Receive one connection from the channel and hand it to a thread."""
@@ -185,6 +204,8 @@ class ThreadedWorker(Worker):
         self.take_free_thread(None)  # dispatch: a credit promised one; accept: held already
         self.holding = False
         self.taken += 1
+        if self.request_limit and self.taken >= self.request_limit:
+            self.taking = False  # the last one: no more credits
         self.jobs.put((request, client_address))
 
     # --- a request thread ----------------------------------------------------------
