@@ -494,3 +494,19 @@ def test_a_threaded_worker_with_a_free_thread_counts_as_idle_for_autoscaling():
         assert not board.can_take_request(1)
     finally:
         board.close()
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_dispatchers_credits_can_be_carried_to_a_new_one(threads):
+    """`credit_list()` then `worker_idle()` each (what an in-place upgrade carries)."""
+    from sockherd.supervisor.dispatcher import Dispatcher
+
+    old = Dispatcher(None, threads)  # type: ignore[arg-type]
+    for index in (2, 0, 2, 1, 2):
+        old.worker_idle(index)
+    new = Dispatcher(None, threads)  # type: ignore[arg-type]
+    for index in old.credit_list():
+        new.worker_idle(index)
+    assert new.credit_list() == old.credit_list()
+    assert sorted(new.credit_list()) == [0, 1, 2, 2, 2]
+    assert (new.free, list(new.credits)) == (old.free, list(old.credits))

@@ -56,6 +56,13 @@ class Dispatcher:
         except ValueError:
             pass
 
+    def credit_list(self) -> list[int]:
+        """Every credit, one slot index each (oldest first for sync workers): calling
+        `worker_idle()` with each, in order, on a new Dispatcher gives it the same credits."""
+        if self.threads > 1:
+            return [index for index, count in self.free.items() for _ in range(count)]
+        return list(self.credits)
+
     def has_idle_worker(self) -> bool:
         """True if a connection handed over now would be served at once."""
         return bool(self.credits or self.free)
