@@ -69,7 +69,7 @@ def quick_matrix() -> list[Cell]:
         cells.append(Cell("echo", name, 16, "new", metrics=True))
     cells += [Cell("echo", name, 64, "new") for name in ("cpython-forking", "sockherd-forking")]
     cells += [Cell("http", name, 16, "new") for name in servers.HTTP_SERVERS]
-    cells += threads_cells()
+    cells += [cell for cell in threads_cells() if cell.server not in servers.THREADS_ONLY_SERVERS]
     return cells
 
 
