@@ -1,6 +1,7 @@
 """Benchmark: sockherd against CPython's socketserver, a hand-written prefork and gunicorn.
 
-    python bench/run.py [--quick] [--rounds R] [--duration S] [--workers N] [--out DIR]
+    python bench/run.py [--quick] [--threads-only] [--rounds R] [--duration S] [--workers N]
+                        [--out DIR]
 
 Compiles the C load generator and a C epoll server (the yardstick that shows
 the load generator is not the bottleneck), then measures every cell of the
@@ -12,7 +13,8 @@ Writes DIR/latest.csv (one row per measurement) and DIR/latest.md (medians,
 ratios, the issue's targets), and prints the Markdown.  Defaults: the full
 matrix, 3 rounds of 1 s per cell, into bench/results/ (about 11 minutes on 2
 cores); --quick: the cells the targets need, 2 rounds of 1 s, into bench/build/
-(under 2 minutes).  Only 127.0.0.1 is ever a target; every run is bounded in
+(under 2 minutes); --threads-only: the prefork × threads keep-alive cells alone
+(into bench/build/ unless --out).  Only 127.0.0.1 is ever a target; every run is bounded in
 time and count.
 """
 
@@ -57,7 +59,7 @@ def full_matrix(with_wrk: bool) -> list[Cell]:
                         cells.append(Cell(protocol, name, concurrency, connection, metrics=True))
     if with_wrk:
         cells += [Cell("http", name, 16, "new", loadgen="wrk") for name in servers.HTTP_SERVERS]
-    return cells
+    return cells + [cell for cell in threads_cells() if cell not in cells]
 
 
 def quick_matrix() -> list[Cell]:
@@ -67,7 +69,18 @@ def quick_matrix() -> list[Cell]:
         cells.append(Cell("echo", name, 16, "new", metrics=True))
     cells += [Cell("echo", name, 64, "new") for name in ("cpython-forking", "sockherd-forking")]
     cells += [Cell("http", name, 16, "new") for name in servers.HTTP_SERVERS]
+    cells += [cell for cell in threads_cells() if cell.server not in servers.THREADS_ONLY_SERVERS]
     return cells
+
+
+def threads_cells() -> list[Cell]:
+    """Keep-alive at c64: prefork x threads against CPython's threading server and the sync
+    prefork pool (threads=1), echo and HTTP (the prefork x threads targets)."""
+    return [
+        Cell(protocol, name, 64, "keepalive")
+        for protocol, names in targets.THREADS_CELLS.items()
+        for name in names
+    ]
 
 
 def machine() -> str:
@@ -142,6 +155,8 @@ def render(rows: list[dict], args: argparse.Namespace, settings: Settings, wall:
         "",
         "## Targets (c16, new connection per request unless stated)",
         "",
+        f"(sockherd-prefork-threads: {settings.workers} workers × {servers.THREADS} threads)",
+        "",
     ]
     lines += targets.markdown(targets.check(rows))
     lines += ["## Metrics on vs off", ""] + report.metrics_table(rows)
@@ -156,6 +171,9 @@ def render(rows: list[dict], args: argparse.Namespace, settings: Settings, wall:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="only the targets' cells, briefly")
+    parser.add_argument(
+        "--threads-only", action="store_true", help="only the prefork × threads keep-alive cells"
+    )
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--duration", type=float, default=None, help="seconds per cell")
     parser.add_argument("--workers", type=int, default=4)
@@ -163,7 +181,8 @@ def main() -> None:
     args = parser.parse_args()
     args.rounds = args.rounds or (2 if args.quick else 3)
     duration = args.duration or 1.0
-    out = args.out or (BUILD_DIR if args.quick else os.path.join(HERE, "results"))
+    scratch = args.quick or args.threads_only
+    out = args.out or (BUILD_DIR if scratch else os.path.join(HERE, "results"))
     two_cpus = len(os.sched_getaffinity(0)) >= 2
     settings = Settings(
         build_dir=build(),
@@ -177,6 +196,8 @@ def main() -> None:
         os.sched_setaffinity(0, {0})  # the runner itself stays off the servers' CPU
     with_wrk = shutil.which("wrk") is not None
     cells = quick_matrix() if args.quick else full_matrix(with_wrk)
+    if args.threads_only:
+        cells = threads_cells()
     began = time.monotonic()
     rows = run(cells, args.rounds, settings)
     wall = time.monotonic() - began

@@ -9,7 +9,9 @@ CPU and stops it with SIGKILL to the whole process group.
 Echo servers run sockherd's `EchoHandler` (a `StreamRequestHandler`); HTTP
 servers run http.server's `BaseHTTPRequestHandler` subclass `HelloHandler` from
 sockherd's examples (`--keepalive`: the same handler speaking HTTP/1.1 with
-TCP_NODELAY, so it keeps a connection open between requests).  gunicorn and the C server are
+TCP_NODELAY, so it keeps a connection open between requests).  The
+`sockherd-prefork-threads` servers are the accept-mode pool with `THREADS` request
+threads per worker; the other pools are sync workers (threads=1).  gunicorn and the C server are
 started by the runner directly (see `command()`).
 """
 
@@ -38,6 +40,7 @@ ECHO_SERVERS = (
     "sockherd-forking",
     "sockherd-prefork-accept",
     "sockherd-prefork-dispatch",
+    "sockherd-prefork-threads",
 )
 HTTP_SERVERS = (
     "c-epoll",
@@ -45,9 +48,13 @@ HTTP_SERVERS = (
     "gunicorn-sync",
     "sockherd-prefork-accept-http",
     "sockherd-prefork-dispatch-http",
+    "sockherd-prefork-threads-http",
 )
+THREADS = 8  # request threads per worker of the sockherd-prefork-threads servers (accept mode)
 # sockherd servers that take --metrics (the others have no metrics endpoint).
 METRICS_CAPABLE = frozenset(name for name in ECHO_SERVERS + HTTP_SERVERS if "sockherd" in name)
+THREADS_ONLY_SERVERS = ("sockherd-prefork-threads16", "sockherd-prefork-threads16-http")
+"""Servers measured only in the keep-alive threads cells: 16 threads per worker."""
 CLASS_NAMES = {
     "sync": "TCPServer",
     "threading": "ThreadingTCPServer",
@@ -121,6 +128,9 @@ def build_server(name: str, workers: int, keepalive: bool) -> Any:
     if name.startswith("sockherd-prefork-"):
         handler = http_handler if name.endswith("-http") else EchoHandler
         handoff = name.split("-")[2]
+        if handoff.startswith("threads"):  # threads: THREADS per worker; threads16: 16
+            threads = int(handoff[len("threads") :] or THREADS)
+            return sockherd.PreforkTCPServer(address, handler, workers=workers, threads=threads)
         return sockherd.PreforkTCPServer(address, handler, workers=workers, handoff=handoff)
     return getattr(sockherd, CLASS_NAMES[name.split("-")[1]])(address, EchoHandler)
 
@@ -157,7 +167,9 @@ def _accept_forever(listener: socket.socket) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("name", choices=sorted(set(ECHO_SERVERS + HTTP_SERVERS)))
+    parser.add_argument(
+        "name", choices=sorted(set(ECHO_SERVERS + HTTP_SERVERS + THREADS_ONLY_SERVERS))
+    )
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--metrics", type=int, default=None, help="metrics port (sockherd)")
     parser.add_argument("--keepalive", action="store_true", help="HTTP/1.1 handler")

@@ -22,8 +22,34 @@ class Outcome:
     met: bool | None
 
 
-def _key(protocol: str, server: str, concurrency: int = 16, metrics: bool = False) -> tuple:
-    return (protocol, server, concurrency, "new", metrics, "loadgen")
+def _key(
+    protocol: str,
+    server: str,
+    concurrency: int = 16,
+    metrics: bool = False,
+    connection: str = "new",
+) -> tuple:
+    return (protocol, server, concurrency, connection, metrics, "loadgen")
+
+
+# Prefork x threads: keep-alive at c64, ours first, then CPython's threading server (the
+# throughput baseline), then the sync prefork pool (threads=1, the reference).
+# The 16-thread pool (as many threads in all as clients) shows what the 8-thread one waits for.
+THREADS_CELLS = {
+    "echo": (
+        "sockherd-prefork-threads",
+        "cpython-threading",
+        "sockherd-prefork-accept",
+        "sockherd-prefork-threads16",
+    ),
+    "http": (
+        "sockherd-prefork-threads-http",
+        "cpython-threading-http",
+        "sockherd-prefork-accept-http",
+        "sockherd-prefork-threads16-http",
+    ),
+}
+THREADS_P999_MS = 20.0
 
 
 def check(rows: list[dict]) -> list[Outcome]:
@@ -82,6 +108,18 @@ def check(rows: list[dict]) -> list[Outcome]:
         else:
             met = figures["max_us"] < limit * 1000
             outcomes.append(Outcome(f"echo {server} max < {limit:.0f} ms (c64)", measured, met))
+    for protocol, (threads, threading, sync, threads16) in THREADS_CELLS.items():
+        _threads_targets(outcomes, rows, summary, protocol, threads, threading, sync)
+        wide = _key(protocol, threads16, 64, connection="keepalive")
+        if wide in summary:
+            figures = summary[wide]
+            outcomes.append(
+                Outcome(
+                    f"{protocol} keep-alive c64 with 16 threads per worker (reference)",
+                    f"p99.9 {figures['p999_us'] / 1000:.1f} ms, {figures['rps']:.0f} req/s",
+                    None,
+                )
+            )
     for key in summary:
         if key[4]:
             ratio_target(
@@ -124,3 +162,54 @@ def markdown(outcomes: list[Outcome]) -> list[str]:
         verdict = {True: "PASS", False: "MISS", None: "–"}[outcome.met]
         lines.append(f"| {outcome.target} | {outcome.measured} | {verdict} |")
     return lines + [""]
+
+
+def _threads_targets(
+    outcomes: list[Outcome],
+    rows: list[dict],
+    summary: dict,
+    protocol: str,
+    threads: str,
+    threading: str,
+    sync: str,
+) -> None:
+    """Prefork x threads at c64 keep-alive: p99.9 ≤ 20 ms and throughput ≥ 1× CPython's
+    threading server; the sync prefork pool's figures and ratio alongside, for reference."""
+    ours, base, reference = (
+        _key(protocol, s, 64, connection="keepalive") for s in (threads, threading, sync)
+    )
+    label = f"{protocol} keep-alive c64 prefork×threads"
+    if ours not in summary:
+        outcomes.append(Outcome(f"{label} p99.9 ≤ {THREADS_P999_MS:.0f} ms", "not measured", None))
+        return
+    figures = summary[ours]
+    p999 = figures["p999_us"] / 1000
+    outcomes.append(
+        Outcome(
+            f"{label} p99.9 ≤ {THREADS_P999_MS:.0f} ms",
+            f"{p999:.1f} ms (p99 {figures['p99_us'] / 1000:.1f} ms, {figures['rps']:.0f} req/s)",
+            p999 <= THREADS_P999_MS,
+        )
+    )
+    if base in summary:
+        ratio = paired_ratio(rows, ours, base)
+        theirs = summary[base]["p999_us"] / 1000
+        outcomes.append(
+            Outcome(
+                f"{label} ≥ 1× {threading} (req/s)",
+                f"{ratio:.2f}× (their p99.9 {theirs:.1f} ms)",
+                ratio >= 1.0,
+            )
+        )
+    else:
+        outcomes.append(Outcome(f"{label} ≥ 1× {threading} (req/s)", "not measured", None))
+    if reference in summary:
+        ratio = paired_ratio(rows, ours, reference)
+        theirs = summary[reference]["p999_us"] / 1000
+        outcomes.append(
+            Outcome(
+                f"{label} vs sync prefork {sync} (reference)",
+                f"{ratio:.2f}× req/s; sync p99.9 {theirs:.1f} ms",
+                None,
+            )
+        )

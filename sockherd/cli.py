@@ -214,10 +214,19 @@ def status_table(reply: dict[str, Any]) -> str:
         lines.append(
             f"{len(reply['workers'])} workers ({reply.get('desired')} wanted), "
             f"generation {reply.get('generation')}, {reply.get('requests_total')} requests, "
-            f"restarts: {restarts or 'none'}"
+            f"restarts: {restarts or 'none'}{_threads_summary(reply['workers'])}"
         )
     lines.append(_state_line(reply))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _threads_summary(workers: list[dict[str, Any]]) -> str:
+    """ ", threads: 3 busy, 29 idle" when a worker has a thread pool; else nothing."""
+    serving = [w for w in workers if w["state"] in ("idle", "busy")]
+    if not any(w.get("threads", 1) > 1 for w in serving):
+        return ""
+    busy = sum(w.get("busy_threads", 0) for w in serving)
+    return f", threads: {busy} busy, {sum(w.get('threads', 1) for w in serving) - busy} idle"
 
 
 def _state_line(reply: dict[str, Any]) -> str:

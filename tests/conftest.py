@@ -115,7 +115,7 @@ def no_leaks() -> Iterator[None]:
 
 
 # The server kinds a behaviour runs over (tests/server_kinds.py says what each one is).
-KINDS = ["sync", "thread", "fork", "prefork-accept", "prefork-dispatch"]
+KINDS = ["sync", "thread", "fork", "prefork-accept", "prefork-dispatch", "prefork-threads"]
 
 
 @pytest.fixture(params=KINDS)

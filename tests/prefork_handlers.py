@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
 import os
+import threading
 import time
 
 import sockherd
@@ -60,3 +62,32 @@ class BrokenSetupServer(sockherd.PreforkTCPServer):
 
     def worker_setup(self):
         raise ImportError("simulated failure while a worker boots")
+
+
+class Gathering(http.server.BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive.  `GET /gather/N` answers once N requests of this worker
+    process are in it at once (a `threading.Barrier`, 30 s at most: a 500 after that);
+    any other GET answers at once.  The body is the worker's pid."""
+
+    protocol_version = "HTTP/1.1"
+    barriers: dict[int, threading.Barrier] = {}
+    lock = threading.Lock()
+
+    def do_GET(self) -> None:
+        status = 200
+        if self.path.startswith("/gather/"):
+            count = int(self.path.rsplit("/", 1)[1])
+            with self.lock:
+                barrier = self.barriers.setdefault(count, threading.Barrier(count, timeout=30))
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                status = 500
+        body = str(os.getpid()).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass

@@ -14,6 +14,9 @@ hooks run is what tells them apart:
                     runs none.
   prefork-dispatch  PreforkMixIn, handoff="dispatch": split as fork is, the supervisor
                     passing the connection over SCM_RIGHTS to a worker.
+  prefork-threads   PreforkMixIn, handoff="accept", threads=4: a worker's main thread runs
+                    get_request and verify_request; one of its request threads runs
+                    finish_request (the handler) -> shutdown_request -> close_request.
 
 `stock-sync`, `stock-thread` and `stock-fork` are CPython's socketserver in those roles.
 A differential test runs some of them too (`each_kind(stock=("sync",))`, the models whose
@@ -62,6 +65,7 @@ class ServerKind:
     model: str  # "sync", "thread", "fork" or "prefork"
     handoff: str | None = None
     stock: bool = False
+    threads: int = 1  # prefork: each worker's request threads
 
     def __repr__(self) -> str:
         return f"<kind {self.name}>"
@@ -111,7 +115,7 @@ class ServerKind:
             "handoff": self.handoff,
             "heartbeat_interval": FAST_HEARTBEAT,
             "graceful_timeout": GRACEFUL,
-        }
+        } | ({"threads": self.threads} if self.threads > 1 else {})
 
     def server(
         self,
@@ -191,6 +195,7 @@ KIND = {
         ServerKind("fork", "fork"),
         ServerKind("prefork-accept", "prefork", "accept"),
         ServerKind("prefork-dispatch", "prefork", "dispatch"),
+        ServerKind("prefork-threads", "prefork", "accept", threads=4),
         ServerKind("stock-sync", "sync", stock=True),
         ServerKind("stock-thread", "thread", stock=True),
         ServerKind("stock-fork", "fork", stock=True),
@@ -419,3 +424,16 @@ def request_path(kind: ServerKind, handler_side: list[str]) -> dict[str, list[st
     if kind.handoff == "accept":
         return {"child": [*accepted, *handler_side]}
     return {"loop": [*accepted, "process_request", "close_request"], "child": handler_side}
+
+
+def requests_path(kind: ServerKind, *handler_sides: list[str]) -> dict[str, list[str]]:
+    """The hooks each place runs for requests made one after the other, one `handler_side`
+    each (see `request_path`).
+
+    A threaded worker's main thread takes every request before a request thread runs
+    each one's handler side: `Recorder.by_place` lists the main thread's hooks first."""
+    paths = [request_path(kind, side) for side in handler_sides]
+    if kind.threads > 1:
+        taken = [hook for path in paths for hook in path["child"][:2]]
+        return {"child": taken + [hook for side in handler_sides for hook in side]}
+    return {place: [hook for path in paths for hook in path[place]] for place in paths[0]}

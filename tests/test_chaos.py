@@ -8,7 +8,7 @@ What is checked, from the client side and from the supervisor's outside:
 
 * every request either succeeded or failed as a reset/EOF on an accepted connection,
   never as a refusal, a wrong answer or a hang; failures <= workers killed (a worker
-  holds one request at a time);
+  holds one request at a time; `threads` at a time with threads);
 * /metrics' sockherd_requests_total (all outcomes) lies between the successes and the
   successes plus failures;
 * afterwards: the desired workers all live and idle, no zombie, the supervisor's open
@@ -31,7 +31,8 @@ import pytest
 from conftest import wait_until
 from server_process import metric_value, server_process
 
-HANDOFFS = ["accept", "dispatch"]
+HANDOFFS = ["accept", "dispatch", "accept-threads", "dispatch-threads"]
+THREADS = 4  # request threads per worker of the "-threads" variants
 WORKERS = 4
 CLIENTS = 4
 SHORT_SECONDS = 5.0
@@ -220,12 +221,14 @@ def settled(control: str, workers: int) -> bool:
     return status["desired"] == workers and states == ["idle"] * workers and len(generations) == 1
 
 
-def run_chaos(handoff: str, seconds: float, control: str) -> None:
+def run_chaos(variant: str, seconds: float, control: str) -> None:
     seed = random.randrange(2**32)
+    handoff, _, threaded = variant.partition("-")
+    threads = THREADS if threaded else 1
     with server_process(
         "PreforkTCPServer",
         "prefork_handlers:Commands",
-        {"workers": WORKERS, "handoff": handoff, "control_socket": control},
+        {"workers": WORKERS, "handoff": handoff, "control_socket": control, "threads": threads},
         metrics_address=["127.0.0.1", 0],
         metrics_name="chaos",
     ) as running:
@@ -269,7 +272,7 @@ def run_chaos(handoff: str, seconds: float, control: str) -> None:
     crashed = metric_value(metrics, "sockherd_worker_restarts_total", reason="crashed")
     failed = len(tally.failures)
     print(
-        f"\nchaos {handoff} (seed {seed}): {elapsed:.0f} s, {CLIENTS} clients, "
+        f"\nchaos {variant} (seed {seed}): {elapsed:.0f} s, {CLIENTS} clients, "
         f"requests sent {tally.sent} / succeeded {tally.succeeded} / failed {failed} / "
         f"lost {len(tally.lost)}; workers killed {chaos.killed}, reloads {chaos.reloads}, "
         f"scale events {chaos.scale_events}; zombies {len(left_zombies)}; "
@@ -280,9 +283,9 @@ def run_chaos(handoff: str, seconds: float, control: str) -> None:
     assert tally.lost == []
     assert tally.sent == tally.succeeded + failed
     assert all(f.startswith(FAILURE_KINDS_ALLOWED) for f in tally.failures), tally.failures
-    assert failed <= chaos.killed  # each killed worker held at most one request
+    assert failed <= chaos.killed * threads  # each killed worker held at most `threads`
     assert tally.succeeded <= counted <= tally.succeeded + failed
-    assert aborted <= chaos.killed
+    assert aborted <= chaos.killed * threads
     assert left_zombies == []
     assert len(fds_after) == len(fds_before), (kinds(fds_before), kinds(fds_after))
     assert rss_after <= rss_before + RSS_MARGIN

@@ -52,8 +52,9 @@ def state_series(body: str) -> dict[str, float]:
 @pytest.mark.parametrize(
     "mode", [["--mode", "prefork", "--workers", "1"],
              ["--mode", "prefork", "--workers", "1", "--handoff", "dispatch"],
+             ["--mode", "prefork", "--workers", "1", "--threads", "4"],
              ["--mode", "fork"], ["--mode", "thread"]],
-    ids=["prefork-accept", "prefork-dispatch", "fork", "thread"],
+    ids=["prefork-accept", "prefork-dispatch", "prefork-threads", "fork", "thread"],
 )  # fmt: skip
 def test_metrics_and_ctl_status_answer_during_a_graceful_drain(tmp_path, mode):
     process, control, metrics = serve(tmp_path, *mode)

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 
@@ -24,13 +25,27 @@ from prometheus_server import running_prometheus
 import sockherd
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODES = ["sync", "threading", "forking", "prefork-accept", "prefork-dispatch"]
+MODES = [
+    "sync",
+    "threading",
+    "forking",
+    "prefork-accept",
+    "prefork-dispatch",
+    "prefork-threads-accept",
+    "prefork-threads-dispatch",
+]
 
 
 def make_server(mode: str, **settings):
     if mode.startswith("prefork"):
+        threads = {"threads": 4} if "-threads-" in mode else {}
         server = sockherd.PreforkTCPServer(
-            ("127.0.0.1", 0), Commands, handoff=mode.split("-")[1], workers=2, **settings
+            ("127.0.0.1", 0),
+            Commands,
+            handoff=mode.rsplit("-", 1)[1],
+            workers=2,
+            **threads,
+            **settings,
         )
     else:
         cls = {
@@ -87,6 +102,40 @@ def test_requests_are_counted_exactly_by_outcome_in_every_mode(mode):
     assert total(text, "sockherd_requests_total", outcome="error") == 3
     assert total(text, "sockherd_request_duration_seconds_count", server="test") == 10
     assert total(text, "sockherd_request_duration_seconds_bucket", le="+Inf") == 10
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("handoff", ["accept", "dispatch"])
+def test_requests_served_at_once_by_threads_are_counted_exactly(handoff):
+    """2 workers x 8 threads, 16 clients at once, 10 requests each (1 in 5 raises): every
+    request is in the counters and the histogram once, however the threads interleave."""
+    from server_process import metric_value, request_line, server_process
+
+    settings = {"workers": 2, "threads": 8, "handoff": handoff, "heartbeat_interval": 0.05}
+    metrics = {"metrics_address": ["127.0.0.1", 0], "metrics_name": "t"}
+    with server_process("PreforkTCPServer", "prefork_handlers:Commands", settings, **metrics) as s:
+        wait_until(lambda: metric_value(s.scrape(), "sockherd_threads", state="idle") == 16)
+
+        def client(number: int) -> None:
+            for index in range(10):
+                line = b"raise\n" if index % 5 == 4 else b"echo %d\n" % number
+                request_line(s.address, line, timeout=30)
+
+        clients = [threading.Thread(target=client, args=(n,)) for n in range(16)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(60)
+        assert not any(thread.is_alive() for thread in clients)
+
+        def counted() -> float:
+            return metric_value(s.scrape(), "sockherd_request_duration_seconds_count", server="t")
+
+        wait_until(lambda: counted() == 160, timeout=30)
+        text = s.scrape()
+    assert metric_value(text, "sockherd_requests_total", outcome="ok") == 128
+    assert metric_value(text, "sockherd_requests_total", outcome="error") == 32
+    assert metric_value(text, "sockherd_request_duration_seconds_bucket", le="+Inf") == 160
 
 
 def test_counters_never_go_down_when_workers_are_killed_and_replaced():

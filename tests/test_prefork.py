@@ -374,17 +374,21 @@ def test_a_worker_over_max_worker_memory_is_recycled_after_its_request():
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("threads", [1, 4])
 @pytest.mark.parametrize("handoff", HANDOFFS)
-def test_fairness_with_64_concurrent_clients(handoff):
-    """4 workers, 64 clients: the busiest worker serves at most 1.5x the least busy (dispatch)."""
-    server = sockherd.PreforkTCPServer(("127.0.0.1", 0), Commands, workers=4, handoff=handoff)
+def test_fairness_with_64_concurrent_clients(handoff, threads):
+    """4 workers, 64 clients: the busiest worker serves at most 1.5x the least busy (dispatch;
+    with threads, dispatch hands each connection to the worker with the most free threads)."""
+    server = sockherd.PreforkTCPServer(
+        ("127.0.0.1", 0), Commands, workers=4, handoff=handoff, threads=threads
+    )
     with serving(server):
         wait_until(lambda: len(live_workers(server)) == 4)
         assert run_clients(server.server_address, 64, 10, line="sleep 0.002 ") == []
         wait_until(lambda: sum(w["requests"] for w in server.worker_stats()) == 640)
         counts = sorted(w["requests"] for w in server.worker_stats())
     ratio = counts[-1] / counts[0]
-    print(f"\n{handoff}: requests per worker {counts}, busiest/least busy {ratio:.2f}")
+    print(f"\n{handoff} x{threads}: requests per worker {counts}, busiest/least busy {ratio:.2f}")
     if handoff == "dispatch":
         assert ratio <= 1.5
 

@@ -171,6 +171,7 @@ def _pool_families(pools: list[tuple[str, PoolSnapshot]], orphans: int) -> Itera
         "sockherd_worker_restarts",
         "Workers that ended, by reason (crashed, timeout, recycled, stopped, boot_failure)",
     )
+    threads = gauge("sockherd_threads", "Request threads of the live workers by state (busy, idle)")
     reaped = counter(
         "sockherd_orphans_reaped", "Abandoned descendants reaped as PID 1 or child subreaper"
     )
@@ -182,6 +183,9 @@ def _pool_families(pools: list[tuple[str, PoolSnapshot]], orphans: int) -> Itera
         for state, value in counts.items():
             workers.add({"server": label, "state": state}, value)
         desired.add({"server": label}, pool.desired)
+        busy, idle = pool.thread_counts
+        threads.add({"server": label, "state": "busy"}, busy)
+        threads.add({"server": label, "state": "idle"}, idle)
         for worker in sorted(pool.workers, key=lambda w: w.slot):
             labels = {"server": label, "worker": str(worker.slot)}
             age.add(labels, worker.heartbeat_age)
@@ -189,7 +193,7 @@ def _pool_families(pools: list[tuple[str, PoolSnapshot]], orphans: int) -> Itera
         for reason, value in sorted(pool.restarts.items()):
             restarts.add({"server": label, "reason": reason}, value, "_total")
     reaped.add({"server": pools[0][0]}, orphans, "_total")
-    yield from (workers, desired, age, started, restarts, reaped)
+    yield from (workers, desired, threads, age, started, restarts, reaped)
     yield from _worker_detail_families(pools)
 
 

@@ -42,6 +42,8 @@ class WorkerSnapshot:
     age: float  # seconds since it was forked
     heartbeat_age: float  # seconds since it last proved it is alive
     started_at: float  # Unix time
+    threads: int = 1  # requests it can serve at once (its thread pool)
+    busy_threads: int = 0  # threads serving a request now
     # The live record (busy workers): what the request is, whose, for how long.
     request: str | None = None  # its description, or the peer when it has none
     peer: str | None = None
@@ -112,6 +114,18 @@ class PoolSnapshot:
     def idle(self) -> int:
         """Workers waiting for a request."""
         return sum(1 for worker in self.workers if worker.state == "idle")
+
+    @property
+    def in_progress(self) -> int:
+        """Requests being served now: busy workers, or their busy threads if threaded."""
+        return sum(worker.busy_threads for worker in self.workers)
+
+    @property
+    def thread_counts(self) -> tuple[int, int]:
+        """(busy, idle) request threads of the live workers (a sync worker is one thread)."""
+        serving = [w for w in self.workers if w.state in ("idle", "busy")]
+        busy = sum(worker.busy_threads for worker in serving)
+        return busy, sum(worker.threads for worker in serving) - busy
 
     @property
     def requests_total(self) -> int:
@@ -202,7 +216,7 @@ def server_snapshot(
                 requests[outcome] += value
             buckets = [a + b for a, b in zip(buckets, slot.buckets, strict=True)]
             duration_sum += slot.duration_sum
-        in_progress = pool.busy
+        in_progress = pool.in_progress
     else:
         requests = {outcome: stats.by_outcome[outcome] for outcome in OUTCOMES}
         buckets, duration_sum = list(stats.buckets), stats.duration_sum

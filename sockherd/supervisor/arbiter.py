@@ -290,7 +290,7 @@ class Arbiter(LoopHooks):
 
     def in_progress(self) -> int:
         """Requests in progress over every server."""
-        total = sum(pool.snapshot().busy for pool in self.pools.values())
+        total = sum(pool.snapshot().in_progress for pool in self.pools.values())
         return total + sum(requests_in_progress(s) for s in self.servers if s not in self.pools)
 
     # --- signals, dispatched by name from the loop -------------------------------------

@@ -91,6 +91,8 @@ def status_reply(snapshot: SupervisorSnapshot) -> dict[str, Any]:
                 "cpu_seconds": worker.cpu_seconds,
                 "rss": worker.rss,
                 "pss": worker.pss,
+                "threads": worker.threads,
+                "busy_threads": worker.busy_threads,
             }
             if several:
                 row["server"] = server.label

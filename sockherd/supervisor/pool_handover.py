@@ -66,7 +66,7 @@ def carry_pool(pool: WorkerPool) -> dict[str, Any]:
         "folded": [dataclasses.asdict(folded) for folded in pool.scoreboard.folded],
         "exit_counts": dict(pool.exit_counts),
         "restarts": dict(pool.restarts),
-        "credits": list(pool.dispatcher.credits) if pool.dispatcher is not None else [],
+        "credits": pool.dispatcher.credit_list() if pool.dispatcher is not None else [],
         "workers": workers,
     }
 

@@ -41,6 +41,7 @@ class PoolSettings:
     autoscale_cooldown: float
     slow_request_timeout: float | None = None
     slow_log: str | None = None
+    threads: int = 1  # requests each worker serves at once (its thread pool)
 
 
 def default_workers() -> int:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ..metrics.snapshot import PoolSnapshot, SlotFigures, WorkerSnapshot
 from ..workers import live_record
 from ..workers.lifecycle import WorkerState
+from ..workers.scoreboard import Slot
 from .worker_exits import RestartReason
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ def pool_snapshot(pool: WorkerPool) -> PoolSnapshot:
                 rss=figures.rss if figures else None,
                 pss=figures.pss if figures else None,
                 uss=figures.uss if figures else None,
+                **_threads(slot, scoreboard.state(index)),
             )
         )
     slots = []
@@ -106,3 +108,10 @@ def pool_snapshot(pool: WorkerPool) -> PoolSnapshot:
         max_workers_reached=pool.max_workers_reached,
         settings=dataclasses.asdict(pool.settings),
     )
+
+
+def _threads(slot: Slot, state: WorkerState) -> dict[str, int]:
+    """A worker's thread pool size and busy threads; a sync worker is one thread."""
+    if slot.threads > 1:
+        return {"threads": slot.threads, "busy_threads": min(slot.busy_threads, slot.threads)}
+    return {"threads": 1, "busy_threads": int(state == WorkerState.BUSY)}

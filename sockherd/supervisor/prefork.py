@@ -15,6 +15,8 @@ handoff              accept  "accept" (workers block in accept) or "dispatch"
                              to the least recently used idle worker)
 max_requests         0       recycle a worker after this many requests (0: never)
 max_requests_jitter  0       plus a random 0..jitter, so workers do not recycle together
+threads              1       requests each worker serves at once, in a pool of threads
+                             (see `workers.threaded_worker`); 1: no threads
 max_worker_memory    None    recycle a worker whose resident memory exceeds this many
                              bytes after a request
 worker_timeout       30      seconds one request (or a worker's boot) may take before
@@ -120,6 +122,7 @@ class PreforkMixIn(_MixInHost):
     autoscale_cooldown = 10.0
     slow_request_timeout: float | None = None
     slow_log: str | None = None
+    threads = 1
 
     # sockherd state, created lazily (no mix-in __init__).
     _pool: WorkerPool | None = None
@@ -208,6 +211,7 @@ class PreforkMixIn(_MixInHost):
             autoscale_cooldown=self.autoscale_cooldown,
             slow_request_timeout=self.slow_request_timeout,
             slow_log=self.slow_log,
+            threads=self.threads,
         )
 
     def pool_snapshot(self) -> PoolSnapshot | None:

@@ -189,6 +189,10 @@ TABLE: dict[str, Setting] = {setting.name: setting for setting in (
         "accept: idle workers accept; dispatch: the supervisor accepts and passes connections",
         choices=("accept", "dispatch"),
     ),
+    _prefork(
+        "threads", COUNT, 1,
+        "requests each worker serves at once, in a pool of threads (1: no threads)",
+    ),
     _prefork("max_requests", COUNT_OR_ZERO, 0, "recycle a worker after N requests (0: never)"),
     _prefork(
         "max_requests_jitter", COUNT_OR_ZERO, 0,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..server.child_watch import pidfd_supported
 from ..server.fork_failures import ForkFailures
 from ..workers.scoreboard import Scoreboard
-from ..workers.worker_loop import Worker
+from ..workers.threaded_worker import make_worker
 from .worker_process import worker_process_class
 
 if TYPE_CHECKING:
@@ -143,7 +143,7 @@ def _worker_main(
     for member in server.loop_members:
         if member.socket is not server.socket:
             member.socket.close()  # another server's listener: not this worker's business
-    worker = Worker(server, index, scoreboard, channel, handoff, server.heartbeat_interval)
+    worker = make_worker(server, index, scoreboard, channel, handoff, server.heartbeat_interval)
     raise SystemExit(worker.run())  # multiprocess flushes the streams and exits with it
 
 

@@ -78,7 +78,8 @@ class WorkerPool:
         # Room for a reload's new generation; an upgrade brings the old image's scoreboard.
         self.scoreboard = scoreboard or Scoreboard(2 * self.max_workers)
         self.spawner = Spawner(server, self.scoreboard, settings.handoff)
-        self.dispatcher = Dispatcher(self.scoreboard) if settings.handoff == "dispatch" else None
+        dispatch = settings.handoff == "dispatch"
+        self.dispatcher = Dispatcher(self.scoreboard, settings.threads) if dispatch else None
         self.generation = 0
         self.workers: dict[int, WorkerHandle] = {}
         self.exit_counts: collections.Counter[str] = collections.Counter()
@@ -238,7 +239,7 @@ class WorkerPool:
     def autoscale(self, now: float) -> None:
         """Let the autoscaler adjust `desired` from idle workers and the listen backlog."""
         assert self.autoscaler is not None
-        idle = sum(1 for h in self.current() if self._state(h) == WorkerState.IDLE)
+        idle = sum(1 for h in self.current() if self.scoreboard.can_take_request(h.index))
         queued = queued_connections(self.server.socket)
         delta = self.autoscaler.decide(now, idle, queued)
         if delta:

@@ -1,9 +1,11 @@
 """`worker_timeout`: a worker stuck on one request (or its boot) is killed and replaced.
 
 gunicorn calls this step `murder_workers()`.  The deadline is per request (and per
-boot), measured from the heartbeat the worker stores as each request starts: an
-idle worker is never killed for being idle, even where its accept() cannot wake up
-to beat.  Past the deadline the worker gets SIGABRT, so its faulthandler writes
+boot), measured from the heartbeat the worker stores as each request starts (a
+threaded worker: from the start of its oldest request in hand): an idle worker is
+never killed for being idle, even where its accept() cannot wake up to beat.  A
+threaded worker killed for one request loses its other requests in hand too; they
+are counted as `aborted`.  Past the deadline the worker gets SIGABRT, so its faulthandler writes
 the Python traceback of the stuck request to stderr; `kill_grace` seconds later
 its whole process group gets SIGKILL.
 """
@@ -37,14 +39,14 @@ def enforce_timeouts(
                 kill_group(handle.pid, signal.SIGKILL)
             continue
         busy = slot.state in (WorkerState.BUSY, WorkerState.STARTING)
-        if limit and busy and now - slot.heartbeat > limit:
+        if limit and busy and now - scoreboard.busy_since(handle.index) > limit:
             log.error(
                 "worker %d (pid %d) has been %s for %.1f s (worker_timeout=%s): "
                 "sending SIGABRT for a traceback, SIGKILL in %.1f s",
                 handle.index,
                 handle.pid,
                 WorkerState(slot.state).name,
-                now - slot.heartbeat,
+                now - scoreboard.busy_since(handle.index),
                 limit,
                 kill_grace,
             )

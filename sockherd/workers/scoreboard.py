@@ -46,6 +46,10 @@ class Slot(ctypes.Structure):
         ("request_started", ctypes.c_double),
         ("peer", ctypes.c_char * PEER_BYTES),
         ("description", ctypes.c_char * DESCRIPTION_BYTES),
+        # Threaded workers (`threads` > 1) only; a sync worker leaves them 0.
+        ("threads", ctypes.c_int32),  # the worker's thread pool size
+        ("busy_threads", ctypes.c_int32),  # threads serving a request now
+        ("oldest_request", ctypes.c_double),  # start of its oldest request in hand; 0: none
     ]
 
 
@@ -157,8 +161,27 @@ class Scoreboard:
         Exact even when the worker was killed at any point of finishing it, where
         its BUSY state is not: it stays BUSY a moment after counting the request.
         """
+        return self.requests_in_hand(index) > 0
+
+    def requests_in_hand(self, index: int) -> int:
+        """How many requests the worker in slot `index` has begun and not finished
+        (at most 1, or its `threads`); exact as `request_in_hand()` is."""
         slot = self.slots[index]
-        return bool(slot.begun > slot.requests + slot.timeouts)
+        return max(0, int(slot.begun) - int(slot.requests) - int(slot.timeouts))
+
+    def can_take_request(self, index: int) -> bool:
+        """Whether the worker in slot `index` would serve one more request now: it is
+        IDLE, or threaded and BUSY with a thread free (the autoscaler's idle worker)."""
+        slot = self.slots[index]
+        if slot.state == WorkerState.IDLE:
+            return True
+        return bool(slot.state == WorkerState.BUSY and slot.busy_threads < slot.threads)
+
+    def busy_since(self, index: int) -> float:
+        """When the worker in slot `index` took in hand its oldest running request (or,
+        booting, when it started): what `worker_timeout` measures.  Monotonic seconds."""
+        slot = self.slots[index]
+        return float(slot.oldest_request or slot.heartbeat)
 
     def claim(self, generation: int) -> int | None:
         """Take the first FREE or DEAD slot (its last worker reaped) for a worker about to
@@ -172,16 +195,19 @@ class Scoreboard:
                 slot.generation = generation
                 slot.stop = 0
                 slot.pid = 0
+                slot.threads = slot.busy_threads = 0
+                slot.oldest_request = 0.0
                 slot.started = time.monotonic()
                 self.set_state(index, WorkerState.STARTING)
                 return index
         return None
 
-    def release(self, index: int, request_lost: str | None = None) -> None:
+    def release(self, index: int, request_lost: str | None = None, others_lost: int = 0) -> None:
         """After the worker is reaped: fold its figures into `folded[index]` and mark the
         slot DEAD, which it stays (observable, its last pid kept) until `claim()` reuses it.
 
-        `request_lost` is "timeouts" or "aborted" when it died with a request in hand.
+        `request_lost` is "timeouts" or "aborted" when it died with a request in hand;
+        `others_lost` counts a threaded worker's other requests in hand, as "aborted".
         """
         slot = self.slots[index]
         self.set_state(index, WorkerState.DEAD)
@@ -195,6 +221,7 @@ class Scoreboard:
             slot.buckets[bucket] = 0
         if request_lost:
             setattr(folded, request_lost, getattr(folded, request_lost) + 1)
+        folded.aborted += others_lost
         slot.requests = slot.errors = slot.timeouts = slot.begun = 0
         slot.duration_sum = 0.0
 
