@@ -43,6 +43,9 @@ MAX_LINE = 1024
 CLIENT_DEADLINE = 5.0
 
 
+_SUN_PATH_MAX = 104  # bytes of a Unix socket path with its NUL: BSD's limit (Linux: 108)
+
+
 class ControlError(Exception):
     """The control socket cannot be set up; the message says why and what to do."""
 
@@ -132,16 +135,25 @@ class ControlSocket:
                 )
             finally:
                 probe.close()
+        # Bound under a temporary name and renamed once it listens: a client that sees the
+        # path never finds it refusing connections.
+        temporary = f"{path}.{os.getpid()}.new"
+        if len(os.fsencode(temporary)) >= _SUN_PATH_MAX:
+            temporary = path  # no room for a longer name
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)  # the socket file is born 0600
         try:
-            listener.bind(path)
+            listener.bind(temporary)
+            listener.listen(16)
+            if temporary != path:
+                os.rename(temporary, path)
         except OSError as error:
             listener.close()
+            if temporary != path and os.path.exists(temporary):
+                os.unlink(temporary)
             raise ControlError(f"cannot create control socket {path!r}: {error.strerror}")
         finally:
             os.umask(old_umask)
-        listener.listen(16)
         carried_listeners.remember(key, listener)
         return listener
 
