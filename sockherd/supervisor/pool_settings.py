@@ -9,13 +9,13 @@ read only those.
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..server.base_server import BaseServer
+from .pool_sizing import host_sizing
 
 if TYPE_CHECKING:
     from .reaper import ChildReaper
@@ -39,16 +39,17 @@ class PoolSettings:
     max_spare_workers: int
     autoscale_interval: float
     autoscale_cooldown: float
+    memory_limit: int | None = None  # the cgroup's memory limit in bytes, None: unlimited
 
 
 def default_workers() -> int:
-    """One worker per CPU."""
-    return os.cpu_count() or 1
+    """One worker per CPU the process may use (cgroup quota, affinity, count: `pool_sizing`)."""
+    return host_sizing().workers
 
 
 def default_max_workers() -> int:
-    """Four workers per CPU."""
-    return 4 * (os.cpu_count() or 1)
+    """Four workers per CPU the process may use."""
+    return host_sizing().max_workers
 
 
 class PreforkServer(Protocol):

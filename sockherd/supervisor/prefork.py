@@ -9,7 +9,8 @@ Configuration is class attributes, as everywhere in socketserver, or the same
 names as keyword arguments of the Prefork*Server constructors:
 
 ==================== ======= ====================================================
-workers              None    worker processes; None means os.cpu_count()
+workers              None    worker processes; None means one per CPU the process may
+                             use: cgroup quota, affinity, count (`pool_sizing`)
 handoff              accept  "accept" (workers block in accept) or "dispatch"
                              (the supervisor accepts and passes each connection
                              to the least recently used idle worker)
@@ -22,7 +23,7 @@ worker_timeout       30      seconds one request (or a worker's boot) may take b
 kill_grace           2       seconds between SIGABRT and SIGKILL
 graceful_timeout     30      seconds a stopping server waits for requests in progress
 min_workers          1       lower bound for TTOU
-max_workers          None    upper bound for TTIN; None means 4 * os.cpu_count()
+max_workers          None    upper bound for TTIN; None means 4 per usable CPU
 heartbeat_interval   0.5     how often an idle worker wakes to beat and check for a stop
                              request (accept mode uses SO_RCVTIMEO on the listener; where
                              accept() ignores it, idle workers see a stop only when a
@@ -71,6 +72,7 @@ from ..server.read_deadline import check_read_timeout
 from ..server.socket_servers import TCPServer, UDPServer
 from .arbiter import Arbiter, supervising
 from .pool_settings import PoolSettings, default_max_workers, default_workers
+from .pool_sizing import host_sizing
 from .reaper import ChildReaper
 from .settings import ATTRIBUTES, PREFORK_ATTRIBUTES, validate_setting
 from .worker_pool import WorkerPool
@@ -149,6 +151,8 @@ class PreforkMixIn(_MixInHost):
     def start_pool(self, reaper: ChildReaper, on_child_reaped: Callable[[int], None]) -> WorkerPool:
         """For the Arbiter: fork this server's workers; the pool is theirs to drive."""
         self._validate()
+        if self.workers is None:
+            log.info("%s", host_sizing().describe())
         self._pool = WorkerPool(self, self.pool_settings(), reaper, on_child_reaped)
         self._pool.reconcile(0.0)
         return self._pool
@@ -171,6 +175,7 @@ class PreforkMixIn(_MixInHost):
             max_spare_workers=self.max_spare_workers,
             autoscale_interval=self.autoscale_interval,
             autoscale_cooldown=self.autoscale_cooldown,
+            memory_limit=host_sizing().memory_limit,
         )
 
     def pool_snapshot(self) -> PoolSnapshot | None:

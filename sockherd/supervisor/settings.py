@@ -183,7 +183,10 @@ TABLE: dict[str, Setting] = {setting.name: setting for setting in (
         "metrics_tls_key", Parser(metavar="PEM"), None, "PEM private key of --metrics-tls-cert",
         scope="server", attribute="metrics_tls_keyfile",
     ),
-    _prefork("workers", COUNT, None, "worker processes", shown_default="one per CPU"),
+    _prefork(
+        "workers", COUNT, None, "worker processes",
+        shown_default="one per usable CPU (cgroup quota, affinity, count)",
+    ),
     _prefork(
         "handoff", TEXT, "accept",
         "accept: idle workers accept; dispatch: the supervisor accepts and passes connections",
@@ -207,7 +210,7 @@ TABLE: dict[str, Setting] = {setting.name: setting for setting in (
     Setting("graceful_timeout", SECONDS, 30.0, "seconds a stopping server lets requests in "
             "progress finish", scope="server", attribute="graceful_timeout"),
     _prefork("min_workers", COUNT, 1, "never scale below this"),
-    _prefork("max_workers", COUNT, None, "never scale above this", shown_default="4 × CPUs"),
+    _prefork("max_workers", COUNT, None, "never scale above this", shown_default="4 × usable CPUs"),
     _prefork(
         "heartbeat_interval", SECONDS, 0.5,
         "how often an idle worker wakes to beat and check for a stop request",
