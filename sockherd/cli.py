@@ -92,7 +92,11 @@ def _add_setting_flags(serve: argparse.ArgumentParser) -> None:
         group = groups[option.scope]
         shown = f"{option.help} (default: {option.default_text()}; {option.env})"
         shown = shown.replace("%", "%%")  # argparse formats help with %
-        if option.switch:
+        if option.switch and option.default is True:  # on by default: --no-NAME turns it off
+            added = group.add_argument(
+                option.flag, dest=option.name, action=argparse.BooleanOptionalAction
+            )
+        elif option.switch:
             added = group.add_argument(
                 option.flag, dest=option.name, action="store_const", const=True
             )

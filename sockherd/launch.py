@@ -150,6 +150,8 @@ def apply_common_settings(servers: list[Any], options: dict[str, Any]) -> None:
     for server in servers:
         if options.get("read_timeout") is not None:
             server.read_timeout = options["read_timeout"]
+        if options.get("freeze_heap") is not None:
+            server.freeze_heap = options["freeze_heap"]
     labels = [_address_label(server) for server in servers]
     for server, label in zip(servers, labels, strict=True):
         if labels.count(label) > 1 and not getattr(server, "metrics_name", None):

@@ -67,6 +67,10 @@ class PoolSnapshot:
     exits: Mapping[str, int]  # by "exit N" / "signal NAME"
     fork_failures: Mapping[str, int]  # by errno name
     dead_slots: tuple[tuple[int, int], ...] = ()  # (slot, last pid) of reaped workers' slots
+    # the live workers' memory summed by kind (pss, uss, shared, rss; bytes); {}: no /proc
+    memory: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    shared_ratio: float | None = None  # shared / rss of the workers
+    autoscale_decisions: Mapping[str, int] = dataclasses.field(default_factory=dict)  # by reason
 
     @property
     def busy(self) -> int:

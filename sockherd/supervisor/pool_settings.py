@@ -60,6 +60,7 @@ class PreforkServer(Protocol):
     max_requests: int
     max_requests_jitter: int
     max_worker_memory: int | None
+    freeze_heap: bool
 
     @property
     def loop_members(self) -> tuple[BaseServer, ...]: ...

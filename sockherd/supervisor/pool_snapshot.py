@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from ..metrics.snapshot import PoolSnapshot, SlotFigures, WorkerSnapshot
 from ..workers.lifecycle import WorkerState
+from .pool_memory import shared_ratio
 from .worker_exits import RestartReason
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ def pool_snapshot(pool: WorkerPool) -> PoolSnapshot:
                 duration_sum=totals.duration_sum,
             )
         )
+    memory = pool.memory.totals(pool.workers[index].pid for index in sorted(pool.workers))
     return PoolSnapshot(
         handoff=pool.settings.handoff,
         desired=pool.desired,
@@ -66,4 +68,7 @@ def pool_snapshot(pool: WorkerPool) -> PoolSnapshot:
             for index in range(scoreboard.size)
             if scoreboard.state(index) == WorkerState.DEAD
         ),
+        memory=memory,
+        shared_ratio=shared_ratio(memory),
+        autoscale_decisions=dict(pool.autoscale_decisions),
     )

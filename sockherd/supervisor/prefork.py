@@ -34,6 +34,8 @@ min_spare_workers    1       autoscale: add workers when fewer are idle
 max_spare_workers    4       autoscale: remove one when more stay idle a cool-down
 autoscale_interval   1       autoscale: seconds between scale-up steps (1, 2, 4, ...)
 autoscale_cooldown   10      autoscale: seconds of surplus before each scale-down step
+freeze_heap          True    gc.freeze() the supervisor's heap before forking a worker,
+                             so workers keep sharing its pages (see `heap_freeze`)
 control_socket       None    path of a Unix control socket (mode 0600) answering
                              status, scale N, reload, stop (see `control`)
 metrics_basic_auth   None    (user, password) that metrics scrapes must present
@@ -116,6 +118,7 @@ class PreforkMixIn(_MixInHost):
     max_spare_workers = 4
     autoscale_interval = 1.0
     autoscale_cooldown = 10.0
+    freeze_heap = True
 
     # sockherd state, created lazily (no mix-in __init__).
     _pool: WorkerPool | None = None

@@ -221,6 +221,11 @@ TABLE: dict[str, Setting] = {setting.name: setting for setting in (
         shown_default="auto",
     ),
     Setting(
+        "freeze_heap", SWITCH, True,
+        "gc.freeze() the heap before forking workers and request children; --no-freeze-heap: off",
+        scope="server", attribute="freeze_heap",
+    ),
+    Setting(
         "control", PATH, None, "path of a Unix control socket (mode 0600) for sockherd ctl",
         scope="server", attribute="control_socket",
     ),
@@ -242,7 +247,7 @@ ATTRIBUTES: dict[str, Setting] = {s.attribute: s for s in TABLE.values() if s.at
 """The settings that set a class attribute, by attribute name."""
 
 # The Arbiter's settings (every mode) that PreforkMixIn carries too, for a program's own server.
-PREFORK_ALSO = ("graceful_timeout", "control_socket")
+PREFORK_ALSO = ("graceful_timeout", "control_socket", "freeze_heap")
 
 PREFORK_ATTRIBUTES: tuple[str, ...] = tuple(
     attribute

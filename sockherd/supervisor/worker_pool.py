@@ -40,6 +40,7 @@ from ..workers.scoreboard import Scoreboard
 from ..workers.worker_loop import READY, set_listener_heartbeat
 from .autoscaler import Autoscaler
 from .dispatcher import Dispatcher
+from .pool_memory import PoolMemory
 from .pool_settings import PoolSettings
 from .pool_snapshot import pool_snapshot
 from .reaper import ChildReaper
@@ -88,6 +89,8 @@ class WorkerPool:
         self.tick_due = True
         self.next_tick = 0.0
         self.closed = False
+        self.memory = PoolMemory()
+        self.autoscale_decisions: collections.Counter[str] = collections.Counter()
         self.autoscaler = (
             Autoscaler(
                 settings.min_spare_workers,
@@ -179,6 +182,7 @@ class WorkerPool:
         if self.scoreboard.request_in_hand(index):
             lost = "timeouts" if facts.timed_out else "aborted"
         self.scoreboard.release(index, lost)
+        self.memory.forget(handle.pid)
         self.on_child_reaped(handle.pid)
         self._log_exit(handle, reason, description, facts)
 
