@@ -132,6 +132,8 @@ def prefork_settings(options: dict[str, Any]) -> dict[str, Any]:
         and setting.attribute
         and options.get(name) is not None
     }
+    if options.get("min_workers") == 0 and not options.get("autoscale"):
+        raise LaunchError("--min-workers 0 (scale to zero) needs --autoscale")
     for low_name, high_name in _BOUNDS:
         low, high = options.get(low_name), options.get(high_name)
         if low is not None and high is not None and low > high:

@@ -40,6 +40,9 @@ class PoolSettings:
     autoscale_interval: float
     autoscale_cooldown: float
     memory_limit: int | None = None  # the cgroup's memory limit in bytes, None: unlimited
+    idle_timeout: float | None = None  # autoscale: idle this long -> min_workers (0 allowed)
+    max_spawn_rate: int = 32  # autoscale: workers started per second at most
+    max_pool_memory: int | None = None  # autoscale: total PSS budget (None: a share of the limit)
 
 
 def default_workers() -> int:

@@ -22,7 +22,8 @@ worker_timeout       30      seconds one request (or a worker's boot) may take b
                              SIGABRT (traceback in the log) and, kill_grace later, SIGKILL
 kill_grace           2       seconds between SIGABRT and SIGKILL
 graceful_timeout     30      seconds a stopping server waits for requests in progress
-min_workers          1       lower bound for TTOU
+min_workers          1       lower bound for TTOU and autoscaling; 0 (autoscale only)
+                             lets an idle pool scale to zero
 max_workers          None    upper bound for TTIN; None means 4 per usable CPU
 heartbeat_interval   0.5     how often an idle worker wakes to beat and check for a stop
                              request (accept mode uses SO_RCVTIMEO on the listener; where
@@ -34,6 +35,11 @@ min_spare_workers    1       autoscale: add workers when fewer are idle
 max_spare_workers    4       autoscale: remove one when more stay idle a cool-down
 autoscale_interval   1       autoscale: seconds between scale-up steps (1, 2, 4, ...)
 autoscale_cooldown   10      autoscale: seconds of surplus before each scale-down step
+idle_timeout         None    autoscale: seconds without a request before the pool drops
+                             to min_workers (0: scale to zero; a connection wakes it)
+max_spawn_rate       32      autoscale: workers started per second at most
+max_pool_memory      None    autoscale: total PSS of the workers not to grow past (bytes);
+                             None: 80% of the cgroup memory limit, if any; 0: none
 freeze_heap          True    gc.freeze() the supervisor's heap before forking a worker,
                              so workers keep sharing its pages (see `heap_freeze`)
 control_socket       None    path of a Unix control socket (mode 0600) answering
@@ -119,6 +125,9 @@ class PreforkMixIn(_MixInHost):
     autoscale_interval = 1.0
     autoscale_cooldown = 10.0
     freeze_heap = True
+    idle_timeout: float | None = None
+    max_spawn_rate = 32
+    max_pool_memory: int | None = None
 
     # sockherd state, created lazily (no mix-in __init__).
     _pool: WorkerPool | None = None
@@ -166,7 +175,7 @@ class PreforkMixIn(_MixInHost):
         datagram = self.socket.type == socket.SOCK_DGRAM
         return PoolSettings(
             workers=workers,
-            min_workers=max(1, self.min_workers or 1),
+            min_workers=self.min_workers if self.autoscale else max(1, self.min_workers),
             max_workers=max(self.max_workers or default_max_workers(), workers),
             handoff="accept" if datagram else self.handoff,
             worker_timeout=self.worker_timeout,
@@ -179,6 +188,9 @@ class PreforkMixIn(_MixInHost):
             autoscale_interval=self.autoscale_interval,
             autoscale_cooldown=self.autoscale_cooldown,
             memory_limit=host_sizing().memory_limit,
+            idle_timeout=self.idle_timeout,
+            max_spawn_rate=self.max_spawn_rate,
+            max_pool_memory=self.max_pool_memory,
         )
 
     def pool_snapshot(self) -> PoolSnapshot | None:
@@ -252,6 +264,8 @@ class PreforkMixIn(_MixInHost):
         """Check every setting by the settings table's rules (the command's own)."""
         for name in PREFORK_ATTRIBUTES:
             validate_setting(name, getattr(self, name))
+        if self.min_workers == 0 and not self.autoscale:
+            raise ValueError("min_workers 0 (scale to zero) needs autoscale")
         check_read_timeout(getattr(self, "read_timeout", None))
         self._validate_metrics_security()
 

@@ -209,7 +209,10 @@ TABLE: dict[str, Setting] = {setting.name: setting for setting in (
     _prefork("kill_grace", SECONDS, 2.0, "seconds from a timed-out worker's SIGABRT to SIGKILL"),
     Setting("graceful_timeout", SECONDS, 30.0, "seconds a stopping server lets requests in "
             "progress finish", scope="server", attribute="graceful_timeout"),
-    _prefork("min_workers", COUNT, 1, "never scale below this"),
+    _prefork(
+        "min_workers", COUNT_OR_ZERO, 1,
+        "never scale below this; 0 with --autoscale and --idle-timeout: scale to zero",
+    ),
     _prefork("max_workers", COUNT, None, "never scale above this", shown_default="4 × usable CPUs"),
     _prefork(
         "heartbeat_interval", SECONDS, 0.5,
@@ -239,6 +242,16 @@ TABLE: dict[str, Setting] = {setting.name: setting for setting in (
     _prefork(
         "autoscale_cooldown", SECONDS, 10.0,
         "autoscale: seconds of surplus before each scale-down step",
+    ),
+    _prefork(
+        "idle_timeout", SECONDS, None,
+        "autoscale: seconds without a request before the pool drops to min_workers",
+    ),
+    _prefork("max_spawn_rate", COUNT, 32, "autoscale: workers started per second at most"),
+    _prefork(
+        "max_pool_memory", Size(minimum=0), None,
+        "autoscale: the workers' total PSS not to grow past; 0: no budget (K, M, G)",
+        shown_default="80% of the cgroup memory limit, if any",
     ),
 )}
 # fmt: on

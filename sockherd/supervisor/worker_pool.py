@@ -34,12 +34,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..server.child_exits import describe_wait_status
-from ..server.listen_queue import queued_connections
 from ..workers.lifecycle import WorkerState
 from ..workers.scoreboard import Scoreboard
 from ..workers.worker_loop import READY, set_listener_heartbeat
-from .autoscaler import Autoscaler
 from .dispatcher import Dispatcher
+from .pool_autoscale import PoolAutoscale
 from .pool_memory import PoolMemory
 from .pool_settings import PoolSettings
 from .pool_snapshot import pool_snapshot
@@ -91,16 +90,7 @@ class WorkerPool:
         self.closed = False
         self.memory = PoolMemory()
         self.autoscale_decisions: collections.Counter[str] = collections.Counter()
-        self.autoscaler = (
-            Autoscaler(
-                settings.min_spare_workers,
-                settings.max_spare_workers,
-                settings.autoscale_interval,
-                settings.autoscale_cooldown,
-            )
-            if settings.autoscale
-            else None
-        )
+        self.autoscaler = PoolAutoscale(self) if settings.autoscale else None
         if settings.handoff == "accept":
             set_listener_heartbeat(server.socket, settings.heartbeat_interval)
 
@@ -234,25 +224,8 @@ class WorkerPool:
             self.drain_step(now)
             return
         if self.autoscaler is not None:
-            self.autoscale(now)
+            self.autoscaler.tick(now)
         self.reconcile(now)
-
-    def autoscale(self, now: float) -> None:
-        """Let the autoscaler adjust `desired` from idle workers and the listen backlog."""
-        assert self.autoscaler is not None
-        idle = sum(1 for h in self.current() if self._state(h) == WorkerState.IDLE)
-        queued = queued_connections(self.server.socket)
-        delta = self.autoscaler.decide(now, idle, queued)
-        if delta:
-            before = self.desired
-            if self.scale_by(delta) != before:
-                log.info(
-                    "autoscale: %d idle, %d queued: %d -> %d workers",
-                    idle,
-                    queued,
-                    before,
-                    self.desired,
-                )
 
     def current(self) -> list[WorkerHandle]:
         """Live workers of the current generation not told to stop."""
@@ -305,8 +278,9 @@ class WorkerPool:
     # --- operator commands ----------------------------------------------------------------
 
     def scale_to(self, count: int) -> int:
-        """Set the desired worker count, bounded by min_workers..max_workers; return it."""
-        self.desired = min(max(count, self.settings.min_workers, 1), self.max_workers)
+        """Set the desired worker count, bounded by min_workers..max_workers; return it.
+        Only an autoscaled pool may have min_workers 0 (scale to zero)."""
+        self.desired = min(max(count, self.settings.min_workers), self.max_workers)
         self.tick_due = True
         log.debug("desired workers: %d", self.desired)
         return self.desired
@@ -395,4 +369,6 @@ class WorkerPool:
     def close(self) -> None:
         """Release the scoreboard once no worker is left."""
         self.closed = True
+        if self.autoscaler is not None:
+            self.autoscaler.close()
         self.scoreboard.close()
