@@ -1,7 +1,7 @@
 """The `sockherd` command.
 
     sockherd serve MODULE:HANDLER|MODULE:FACTORY [--bind ADDRESS]... [--mode MODE] [options]
-    sockherd ctl --control PATH status [--json] | scale N|+N|-N | reload | stop
+    sockherd ctl --control PATH status [--json] | scale N|+N|-N | reload | refork | stop
 
 ADDRESS is `tcp://HOST:PORT`, `udp://HOST:PORT`, `unix:/path`, `fd://N` (an
 inherited listening socket), `systemd` (socket activation) or plain `HOST:PORT`;
@@ -76,7 +76,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ctl = commands.add_parser("ctl", help="talk to a running prefork supervisor")
     ctl.add_argument("--control", required=True, help="the supervisor's control socket path")
     ctl.add_argument("--json", action="store_true", help="print the reply as JSON")
-    ctl.add_argument("words", nargs="+", help="status | scale N|+N|-N | reload | stop")
+    ctl.add_argument("words", nargs="+", help="status | scale N|+N|-N | reload | refork | stop")
     return parser
 
 

@@ -132,6 +132,8 @@ def prefork_settings(options: dict[str, Any]) -> dict[str, Any]:
         and setting.attribute
         and options.get(name) is not None
     }
+    if "refork_after" in settings:  # repeatable settings are read as text
+        settings["refork_after"] = tuple(int(n) for n in settings["refork_after"])
     if options.get("min_workers") == 0 and not options.get("autoscale"):
         raise LaunchError("--min-workers 0 (scale to zero) needs --autoscale")
     for low_name, high_name in _BOUNDS:

@@ -6,6 +6,7 @@
                    "drain_seconds_left": null, "restarts": {...}, "exits": {...}, ...}
     scale N       set the desired worker count of every pool (N, +N or -N)
     reload        rolling reload, as SIGHUP
+    refork        promote each pool's busiest worker to template of the next generation
     stop          graceful stop, as SIGTERM
 
 With several listeners, each worker in `workers` carries its server's label.
@@ -21,7 +22,7 @@ from ..metrics.snapshot import SupervisorSnapshot
 if TYPE_CHECKING:
     from .arbiter import Arbiter
 
-COMMANDS = "status, scale N, reload, stop"
+COMMANDS = "status, scale N, reload, refork, stop"
 
 
 def control_command(arbiter: Arbiter, line: str) -> dict[str, Any]:
@@ -45,6 +46,11 @@ def control_command(arbiter: Arbiter, line: str) -> dict[str, Any]:
         if not arbiter.reload():
             return {"ok": False, "error": "nothing to reload: no worker pool, or stopping"}
         return {"ok": True, "generation": arbiter.generation}
+    if command == "refork":
+        replies = [pool.reforker.refork_now() for pool in arbiter.pools.values()]
+        if not replies or any(reply.startswith("error") for reply in replies):
+            return {"ok": False, "error": "; ".join(replies) or "refork needs a prefork server"}
+        return {"ok": True, "reforks": replies}
     if command == "stop":
         arbiter.begin_drain(graceful=True, why="ctl stop")
         return {"ok": True}

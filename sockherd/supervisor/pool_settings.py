@@ -43,6 +43,7 @@ class PoolSettings:
     idle_timeout: float | None = None  # autoscale: idle this long -> min_workers (0 allowed)
     max_spawn_rate: int = 32  # autoscale: workers started per second at most
     max_pool_memory: int | None = None  # autoscale: total PSS budget (None: a share of the limit)
+    refork_after: tuple[int, ...] = ()  # requests of a worker before the next refork
 
 
 def default_workers() -> int:

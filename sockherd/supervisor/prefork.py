@@ -40,6 +40,9 @@ idle_timeout         None    autoscale: seconds without a request before the poo
 max_spawn_rate       32      autoscale: workers started per second at most
 max_pool_memory      None    autoscale: total PSS of the workers not to grow past (bytes);
                              None: 80% of the cgroup memory limit, if any; 0: none
+refork_after         None    [N1, N2, ...]: a worker that served N1 requests becomes the
+                             template the next generation forks from (then N2 ...;
+                             `ctl refork` by hand; Linux: see `refork`)
 freeze_heap          True    gc.freeze() the supervisor's heap before forking a worker,
                              so workers keep sharing its pages (see `heap_freeze`)
 control_socket       None    path of a Unix control socket (mode 0600) answering
@@ -128,6 +131,7 @@ class PreforkMixIn(_MixInHost):
     idle_timeout: float | None = None
     max_spawn_rate = 32
     max_pool_memory: int | None = None
+    refork_after: tuple[int, ...] | list[int] | None = None
 
     # sockherd state, created lazily (no mix-in __init__).
     _pool: WorkerPool | None = None
@@ -191,6 +195,7 @@ class PreforkMixIn(_MixInHost):
             idle_timeout=self.idle_timeout,
             max_spawn_rate=self.max_spawn_rate,
             max_pool_memory=self.max_pool_memory,
+            refork_after=tuple(int(n) for n in self.refork_after or ()),
         )
 
     def pool_snapshot(self) -> PoolSnapshot | None:

@@ -253,6 +253,12 @@ TABLE: dict[str, Setting] = {setting.name: setting for setting in (
         "autoscale: the workers' total PSS not to grow past; 0: no budget (K, M, G)",
         shown_default="80% of the cgroup memory limit, if any",
     ),
+    Setting(
+        "refork_after", COUNT, None,
+        "requests a worker serves before it becomes the template of the next generation "
+        "(repeatable: one refork at each; Linux)", scope="prefork", attribute="refork_after",
+        repeatable=True,
+    ),
 )}
 # fmt: on
 

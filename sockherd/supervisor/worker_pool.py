@@ -43,6 +43,7 @@ from .pool_memory import PoolMemory
 from .pool_settings import PoolSettings
 from .pool_snapshot import pool_snapshot
 from .reaper import ChildReaper
+from .refork import Reforker
 from .spawner import Spawner, WorkerHandle, exit_fd_of
 from .worker_exits import ExitFacts, RestartReason, classify_exit, wait_status
 from .worker_process import exit_code_taken, record_exit
@@ -91,22 +92,28 @@ class WorkerPool:
         self.memory = PoolMemory()
         self.autoscale_decisions: collections.Counter[str] = collections.Counter()
         self.autoscaler = PoolAutoscale(self) if settings.autoscale else None
+        self.reforker = Reforker(self, settings.refork_after)
         if settings.handoff == "accept":
             set_listener_heartbeat(server.socket, settings.heartbeat_interval)
 
     # --- workers coming and going -------------------------------------------------------
 
     def spawn(self) -> WorkerHandle | None:
-        """Fork one worker of the current generation and watch it."""
-        handle = self.spawner.spawn(self.generation)
+        """Fork one worker of the current generation and watch it (or order it from the
+        template, which reports its pid later: `refork`)."""
+        ordered = self.reforker.ready
+        handle = (
+            self.reforker.order(self.generation) if ordered else self.spawner.spawn(self.generation)
+        )
         if handle is None:
             return None
         index = handle.index
         self.workers[index] = handle
-        exit_fd, owns_exit_fd = exit_fd_of(handle.process)
-        self.reaper.watch(
-            handle.pid, exit_fd, owns_exit_fd, lambda status: self.worker_exited(index, status)
-        )
+        if not ordered:
+            exit_fd, owns_exit_fd = exit_fd_of(handle.process)
+            self.reaper.watch(
+                handle.pid, exit_fd, owns_exit_fd, lambda status: self.worker_exited(index, status)
+            )
         self.server.add_wake_source(handle.channel.fileno(), lambda: self.on_message(index))
         return handle
 
@@ -126,6 +133,8 @@ class WorkerPool:
             self.server.remove_wake_source(handle.channel.fileno())
             return
         for event in data:
+            if self.reforker.on_event(index, event):
+                continue
             if event == READY[0]:
                 self.boot_failures = 0
                 self.tick_due = True  # a reload may stop an old worker now
@@ -173,6 +182,7 @@ class WorkerPool:
             lost = "timeouts" if facts.timed_out else "aborted"
         self.scoreboard.release(index, lost)
         self.memory.forget(handle.pid)
+        self.reforker.worker_gone(index)
         self.on_child_reaped(handle.pid)
         self._log_exit(handle, reason, description, facts)
 
@@ -225,6 +235,7 @@ class WorkerPool:
             return
         if self.autoscaler is not None:
             self.autoscaler.tick(now)
+        self.reforker.tick(now)
         self.reconcile(now)
 
     def current(self) -> list[WorkerHandle]:
@@ -243,12 +254,15 @@ class WorkerPool:
     @property
     def reloading(self) -> bool:
         """A reload is in progress: old workers still run, or new ones are not all ready."""
-        return any(h.generation != self.generation for h in self.workers.values())
+        return any(
+            h.generation != self.generation and not self.reforker.is_template(h)
+            for h in self.workers.values()
+        )
 
     def reconcile(self, now: float) -> None:
         """Spawn or stop workers until the current generation has `desired` of them."""
         current = self.current()
-        missing = self.desired - len(current)
+        missing = 0 if self.reforker.holding() else self.desired - len(current)
         while missing > 0 and self.spawner.may_spawn(time.monotonic()):
             if self.spawn() is None:
                 break
@@ -292,6 +306,7 @@ class WorkerPool:
     def reload(self) -> None:
         """HUP: start a new generation; old workers drain as new ones report ready."""
         self.generation += 1
+        self.reforker.reloaded()
         self.tick_due = True
         log.info("reloading: starting generation %d", self.generation)
 
@@ -359,6 +374,7 @@ class WorkerPool:
     def kill_and_reap_all(self) -> None:
         """Outside the loop (it ended early): kill every worker and wait until all are reaped."""
         self.begin_stop(graceful=False, now=time.monotonic())
+        self.reforker.forget_orders()
         while self.workers:
             self.reaper.wait(None)
 

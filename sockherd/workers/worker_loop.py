@@ -44,6 +44,7 @@ from ..server.read_deadline import limit_reads, outcome_of_failure
 from .fd_passing import receive_connection
 from .lifecycle import WorkerState
 from .scoreboard import Scoreboard
+from .template import PROMOTE, run_template
 
 READY = b"r"
 IDLE = b"i"
@@ -137,6 +138,8 @@ class Worker:
             self.dispatched_loop()
         else:
             self.accept_loop()
+        if self.scoreboard.slots[self.index].stop == PROMOTE and not self.stopping:
+            return run_template(self)  # reforking: fork the next generation from here
         self.scoreboard.set_state(self.index, WorkerState.STOPPING)
         return 0
 
