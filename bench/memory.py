@@ -4,7 +4,8 @@ about 100 MB of Python objects per worker lazily (bench/memory_app.py).
     python bench/memory.py [--workers 8] [--requests 10000] [--out DIR]
 
 For each server -- sockherd's prefork pool as it ships (gc.freeze() before each fork),
-the same with --no-freeze-heap, the same with reforking when it exists, and gunicorn
+the same with --no-freeze-heap, the same reforking once (a worker that served 100
+requests, its cache complete, becomes the template of the next 8), and gunicorn
 --preload (sync workers) -- it starts the server on 127.0.0.1, sends `--requests` HTTP
 requests from 8 client threads (new connection each, bounded in count and time),
 checks that every worker built its whole cache, waits a second for the pool to
@@ -52,6 +53,7 @@ SOCKHERD = [sys.executable, "-m", "sockherd", "serve", "memory_app:CacheHandler"
 VARIANTS = (
     Variant("sockherd (default: gc.freeze)", SOCKHERD),
     Variant("sockherd --no-freeze-heap", [*SOCKHERD, "--no-freeze-heap"]),
+    Variant("sockherd --refork-after 100 (+ freeze)", [*SOCKHERD, "--refork-after", "100"]),
     Variant(
         "gunicorn --preload (sync)",
         [
