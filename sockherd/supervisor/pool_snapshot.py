@@ -27,7 +27,9 @@ def pool_snapshot(pool: WorkerPool) -> PoolSnapshot:
                 slot=index,
                 pid=handle.pid,
                 generation=slot.generation,
-                state=scoreboard.state(index).name.lower(),
+                state="template"
+                if pool.reforker.is_template(handle)
+                else scoreboard.state(index).name.lower(),
                 requests=slot.requests,
                 errors=slot.errors,
                 age=round(now_monotonic - handle.started_at, 3),
