@@ -29,7 +29,7 @@ class ControllerDir:
     def read(self, name: str) -> str | None:
         """The stripped text of the file `name` in this cgroup, or None if unreadable."""
         try:
-            with open(os.path.join(self.path, name), encoding="ascii") as file:
+            with open(os.path.join(self.path, name), encoding="utf-8") as file:
                 return file.read().strip()
         except (OSError, UnicodeDecodeError):
             return None
