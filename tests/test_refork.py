@@ -59,6 +59,7 @@ def test_refork_under_load_loses_nothing_and_counters_continue(handoff):
             scrapes.append(metric_value(running.scrape(), "sockherd_requests_total"))
             time.sleep(0.02)
         at_generation_2.append(sent[0])
+        assert log_count(running, "workers ready") >= 3, running.log
         wait_until(lambda: sent[0] >= at_generation_2[0] + 200, timeout=30)
         stop.set()
         for thread in threads:
