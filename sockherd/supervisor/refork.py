@@ -222,7 +222,9 @@ class Reforker:
             return None
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            socket.send_fds(self.template.channel, [ORDER.pack(b"s", index)], [child_end.fileno()])
+            socket.send_fds(
+                self.template.channel, [ORDER.pack(b"s", index, generation)], [child_end.fileno()]
+            )
         except OSError as error:
             parent_end.close()
             scoreboard.release(index)

@@ -12,7 +12,7 @@ they share its warm pages too.
    STOPPING, freezes its heap (`gc.freeze()`: the children's collections must not
    touch it) and tells the supervisor `t` on its channel.
 2. For each new worker the supervisor claims a slot, makes a channel pair and sends
-   an order on the template's channel: `s` + the slot index, with the worker's end
+   an order on the template's channel: `s`, the slot index and generation, with the worker's end
    of the new channel attached (SCM_RIGHTS).
 3. The template double-forks: the intermediate child forks the worker and exits at
    once, so the worker is orphaned and re-parented to the supervisor, which is a
@@ -43,7 +43,7 @@ from .lifecycle import WorkerState
 PROMOTE = 2  # the slot's stop flag: become the template
 TEMPLATE_READY = b"t"
 PID_WRITTEN = b"p"
-ORDER = struct.Struct("=ci")  # b"s", slot index
+ORDER = struct.Struct("=cii")  # b"s", slot index, generation
 REPARENT_TIMEOUT = 10.0
 
 
@@ -73,12 +73,12 @@ def run_template(worker: Any) -> int:
                 for fd in fds:
                     os.close(fd)
                 return 0  # the supervisor closed the channel, or spoke nonsense
-            _kind, slot = ORDER.unpack(data)
-            fork_worker(worker, slot, fds[0])
+            _kind, slot, generation = ORDER.unpack(data)
+            fork_worker(worker, slot, generation, fds[0])
     return 0
 
 
-def fork_worker(template: Any, index: int, channel_fd: int) -> None:
+def fork_worker(template: Any, index: int, generation: int, channel_fd: int) -> None:
     """Double fork: the grandchild becomes the worker of slot `index`; the template goes on."""
     try:
         intermediate = os.fork()
@@ -88,14 +88,14 @@ def fork_worker(template: Any, index: int, channel_fd: int) -> None:
     if intermediate == 0:
         try:
             if os.fork() == 0:
-                _become_worker(template, index, channel_fd)  # never returns
+                _become_worker(template, index, generation, channel_fd)  # never returns
         finally:
             os._exit(0)
     os.close(channel_fd)
     os.waitpid(intermediate, 0)
 
 
-def _become_worker(template: Any, index: int, channel_fd: int) -> None:
+def _become_worker(template: Any, index: int, generation: int, channel_fd: int) -> None:
     code = 1
     try:
         gc.enable()  # everything inherited from the template stays frozen
@@ -113,7 +113,10 @@ def _become_worker(template: Any, index: int, channel_fd: int) -> None:
         os.close(template.wake_read)
         os.close(template.wake_write)
         channel = socket.socket(fileno=channel_fd)
-        template.scoreboard.slots[index].pid = os.getpid()
+        slot = template.scoreboard.slots[index]
+        if slot.pid or slot.generation != generation or slot.state != WorkerState.STARTING:
+            os._exit(1)  # too late: the supervisor gave up on this order and reused the slot
+        slot.pid = os.getpid()
         channel.send(PID_WRITTEN)
         worker = type(template)(  # a worker_loop.Worker, like the template itself
             template.server,
