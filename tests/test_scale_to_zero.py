@@ -59,18 +59,23 @@ def test_an_idle_pool_scales_to_zero_and_a_connection_wakes_it(handoff):
 
 
 @pytest.mark.timeout(60)
-def test_a_load_step_from_idle_reaches_enough_workers_within_a_second():
+@pytest.mark.parametrize("idle_workers", [1, 0])
+def test_a_load_step_from_idle_reaches_enough_workers_within_a_second(idle_workers):
     # the default interval (1 s): the emergency spawn must not wait for it
-    server = autoscaled(workers=1, min_workers=1, autoscale_interval=1.0, idle_timeout=None)
+    if idle_workers:
+        server = autoscaled(workers=1, min_workers=1, autoscale_interval=1.0, idle_timeout=None)
+    else:  # scaled to zero first
+        server = autoscaled(workers=1, autoscale_interval=1.0, idle_timeout=0.3)
     clients, replies = 6, []
     with serving(server, poll_interval=0.05):
-        wait_until(lambda: busy_workers(server) == 0 and live_workers(server) == 1, timeout=10)
+        wait_until(lambda: live_workers(server) == idle_workers, timeout=10)
+        wait_until(lambda: busy_workers(server) == 0, timeout=10)
 
         def client():
             replies.append(tcp_request(server.server_address, b"sleep 3 x\n", timeout=30))
 
         threads = [threading.Thread(target=client) for _ in range(clients)]
-        step_at = time.monotonic()  # the first connection waits from here (1 worker, 6 clients)
+        step_at = time.monotonic()  # the first connection waits from here
         for thread in threads:
             thread.start()
         wait_until(lambda: pool_of(server).desired >= clients, timeout=10)
@@ -79,8 +84,10 @@ def test_a_load_step_from_idle_reaches_enough_workers_within_a_second():
         serving_all = time.monotonic() - step_at
         for thread in threads:
             thread.join(30)
-    print(f"\nload step 1 -> {clients} busy: desired reached in {decided * 1000:.0f} ms, "
-          f"all {clients} serving in {serving_all * 1000:.0f} ms")  # fmt: skip
+    print(
+        f"\nload step {idle_workers} idle -> {clients} busy: desired reached in "
+        f"{decided * 1000:.0f} ms, all {clients} serving in {serving_all * 1000:.0f} ms"
+    )
     assert len(replies) == clients
     assert decided < 1.0
 
