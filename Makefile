@@ -40,9 +40,19 @@ test-all: test test-others
 ## make bench: sockherd against CPython's socketserver, a hand-written prefork and gunicorn,
 ## interleaved rounds, medians and ratios in bench/results/latest.{md,csv} (~11 min on 2 cores).
 ## make bench-quick (or make bench ARGS=--quick): only the targets' cells, under 2 minutes.
+## make bench runs the memory benchmark too.
 bench: $(STAMP)
 	@./bench/setup "$(VENV)"
 	$(VENV)/bin/python bench/run.py $(ARGS)
+	$(VENV)/bin/python bench/memory.py
+
+## make bench-memory: total PSS of 8 workers of an app caching ~100 MB of objects each, after
+## 10,000 requests: sockherd (gc.freeze, without it, reforking) and gunicorn --preload, into
+## bench/results/memory.md (about a minute).
+.PHONY: bench-memory
+bench-memory: $(STAMP)
+	@./bench/setup "$(VENV)"
+	$(VENV)/bin/python bench/memory.py $(ARGS)
 
 .PHONY: bench-quick
 bench-quick: $(STAMP)

@@ -1,7 +1,8 @@
 """The `sockherd` command.
 
     sockherd serve MODULE:HANDLER|MODULE:FACTORY [--bind ADDRESS]... [--mode MODE] [options]
-    sockherd ctl --control PATH status [--json] | top | scale N|+N|-N | reload | upgrade | stop
+    sockherd ctl --control PATH status [--json] | top | scale N|+N|-N | reload | refork | upgrade
+                 | stop
 
 ADDRESS is `tcp://HOST:PORT`, `udp://HOST:PORT`, `unix:/path`, `fd://N` (an
 inherited listening socket), `systemd` (socket activation) or plain `HOST:PORT`;
@@ -81,7 +82,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("--control", required=True, help="the supervisor's control socket path")
     ctl.add_argument("--json", action="store_true", help="print the reply as JSON")
     ctl.add_argument(
-        "words", nargs="+", help="status | top | scale N|+N|-N | reload | upgrade | stop"
+        "words", nargs="+", help="status | top | scale N|+N|-N | reload | refork | upgrade | stop"
     )
     return parser
 
@@ -98,7 +99,11 @@ def _add_setting_flags(serve: argparse.ArgumentParser) -> None:
         group = groups[option.scope]
         shown = f"{option.help} (default: {option.default_text()}; {option.env})"
         shown = shown.replace("%", "%%")  # argparse formats help with %
-        if option.switch:
+        if option.switch and option.default is True:  # on by default: --no-NAME turns it off
+            added = group.add_argument(
+                option.flag, dest=option.name, action=argparse.BooleanOptionalAction
+            )
+        elif option.switch:
             added = group.add_argument(
                 option.flag, dest=option.name, action="store_const", const=True
             )

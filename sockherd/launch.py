@@ -132,6 +132,10 @@ def prefork_settings(options: dict[str, Any]) -> dict[str, Any]:
         and setting.attribute
         and options.get(name) is not None
     }
+    if "refork_after" in settings:  # repeatable settings are read as text
+        settings["refork_after"] = tuple(int(n) for n in settings["refork_after"])
+    if options.get("min_workers") == 0 and not options.get("autoscale"):
+        raise LaunchError("--min-workers 0 (scale to zero) needs --autoscale")
     for low_name, high_name in _BOUNDS:
         low, high = options.get(low_name), options.get(high_name)
         if low is not None and high is not None and low > high:
@@ -150,6 +154,8 @@ def apply_common_settings(servers: list[Any], options: dict[str, Any]) -> None:
     for server in servers:
         if options.get("read_timeout") is not None:
             server.read_timeout = options["read_timeout"]
+        if options.get("freeze_heap") is not None:
+            server.freeze_heap = options["freeze_heap"]
     labels = [_address_label(server) for server in servers]
     for server, label in zip(servers, labels, strict=True):
         if labels.count(label) > 1 and not getattr(server, "metrics_name", None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import http.server
 import os
 import threading
@@ -16,7 +17,8 @@ class Commands(sockherd.StreamRequestHandler):
     """Reads one line: `echo X` answers "PID X"; `sleep S X` does so after S seconds;
     `hold X` does so once the client sends one more line;
     `hang` never answers; `raise` fails the handler; `hoard MB` keeps MB mebibytes;
-    `orphan S` abandons a grandchild that lives S seconds and answers its pid."""
+    `orphan S` abandons a grandchild that lives S seconds and answers its pid;
+    `gc` answers whether the collector is enabled and how many objects are frozen."""
 
     def handle(self):
         line = self.rfile.readline().decode().strip()
@@ -33,6 +35,8 @@ class Commands(sockherd.StreamRequestHandler):
             HOARD.append(bytearray(int(argument) * 1024 * 1024))  # kept: the worker grows
         elif command == "orphan":
             argument = str(self.abandon_a_grandchild(float(argument or 0.3)))
+        elif command == "gc":  # the collector's state in the process serving the request
+            argument = f"{gc.isenabled()} {gc.get_freeze_count()}"
         elif command == "raise":
             raise ValueError("the handler failed on purpose")
         self.wfile.write(f"{os.getpid()} {argument}\n".encode())

@@ -580,7 +580,7 @@ def test_control_socket_explains_a_bad_command(control_path):
         wait_until(lambda: os.path.exists(control_path))
         reply = send_command(control_path, "restart-everything")
         assert reply["ok"] is False
-        assert "commands: status, scale N, reload, upgrade, stop" in reply["error"]
+        assert "commands: status, scale N, reload, refork, upgrade, stop" in reply["error"]
         reply = send_command(control_path, "scale lots")
         assert reply["ok"] is False and "scale needs a number" in reply["error"]
         process.send_signal(signal.SIGTERM)

@@ -78,6 +78,8 @@ def test_the_serve_command_has_one_flag_per_setting_and_the_old_spellings():
     flags = {flag for action in serve_parser()._actions for flag in action.option_strings}
     expected = {setting.flag for setting in TABLE.values()}
     expected |= {flag_of(old) for setting in TABLE.values() for old in setting.deprecated_names}
+    # a switch that is on by default is turned off with --no-NAME
+    expected |= {"--no-" + s.flag[2:] for s in TABLE.values() if s.switch and s.default is True}
     assert flags == expected | {"-h", "--help", "--config"}
 
 

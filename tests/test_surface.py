@@ -85,6 +85,7 @@ SOCKET_SERVERS = [
 SOCKHERD_EXTRA_ATTRIBUTES = {
     "accept_errors",
     "close_timeout",
+    "freeze_heap",
     "child_exit_counts",
     "fork_errors",
     "loop_hooks",

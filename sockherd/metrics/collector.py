@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from .._version import VERSION
 from ..server.request_stats import DURATION_BUCKETS, OUTCOMES
 from .exposition import Family, counter, gauge, histogram, info, process_families
+from .pool_memory_families import pool_memory_families
 from .snapshot import (
     EXIT_CAUSES,
     SUPERVISOR_STATES,
@@ -132,6 +133,7 @@ class SnapshotCollector:
         pools = [(server.label, server.pool) for server in servers if server.pool is not None]
         if pools:
             yield from _pool_families(pools, snapshot.orphans_reaped)
+            yield from pool_memory_families(pools)
         exits = counter("sockherd_child_exits", "Reaped children by kind, exit code and signal")
         limits = gauge("sockherd_max_children", "ForkingMixIn.max_children")
         for server in servers:

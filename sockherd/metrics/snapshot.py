@@ -104,6 +104,10 @@ class PoolSnapshot:
     accepted: int = 0  # requests taken by every worker that ever ran in this pool
     max_workers_reached: int = 0  # episodes of every worker busy at once
     settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # the live workers' memory summed by kind (pss, uss, shared, rss; bytes); {}: no /proc
+    memory: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    shared_ratio: float | None = None  # shared / rss of the workers
+    autoscale_decisions: Mapping[str, int] = dataclasses.field(default_factory=dict)  # by reason
 
     @property
     def busy(self) -> int:

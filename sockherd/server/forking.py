@@ -49,6 +49,7 @@ from .base_server import _ServerSelector
 from .child_exits import describe_wait_status
 from .child_watch import REAP_RETRY_DELAYS, close_watch_fd, prepare_child_watch
 from .fork_failures import ForkFailures
+from .heap_freeze import after_fork_in_child, after_fork_in_parent, before_fork
 
 if TYPE_CHECKING:
     # The host class a mix-in is mixed into, for the type checker only: at run time the
@@ -100,6 +101,8 @@ class ForkingMixIn(_MixInHost):
     block_on_close = True
     # sockherd: seconds server_close() waits before it terminates children; None waits forever.
     close_timeout: float | None = None
+    # sockherd: gc.freeze() the heap around each fork, so children keep sharing it (heap_freeze).
+    freeze_heap = True
 
     # sockherd state, created lazily (no mix-in __init__, as in CPython).
     _child_watches: dict[int, _ChildWatch] | None = None
@@ -163,18 +166,22 @@ class ForkingMixIn(_MixInHost):
         pending = prepare_child_watch()
         _flush_std_streams()
         forked_at = monotonic()
+        frozen = before_fork(self.freeze_heap)
         try:
             pid = os.fork()
         except OSError as error:
+            after_fork_in_parent(frozen)
             pending.abandon()
             self._forks().failed(error, "closing connections until it works again")
             self.shutdown_request(request)
             return
         except BaseException:
+            after_fork_in_parent(frozen)
             pending.abandon()
             raise
         if pid:
             # Parent process
+            after_fork_in_parent(frozen)
             self._forks().succeeded()
             if self.active_children is None:
                 self.active_children = set()
@@ -185,6 +192,7 @@ class ForkingMixIn(_MixInHost):
         else:
             # Child process.
             # This must never return, hence os._exit()!
+            after_fork_in_child(frozen)
             pending.in_child()
             self.close_loop_fds()
             status = 1

@@ -6,6 +6,7 @@
                    "drain_seconds_left": null, "restarts": {...}, "exits": {...}, ...}
     scale N       set the desired worker count of every pool (N, +N or -N)
     reload        rolling reload, as SIGHUP
+    refork        promote each pool's busiest worker to template of the next generation
     upgrade       in-place upgrade, as SIGUSR2: {"ok": true, "upgrade": ID, "timeout": S};
                   `status` then shows {"upgrade": {"id": ID, "outcome": ..., "reason": ...}}
     stop          graceful stop, as SIGTERM
@@ -23,7 +24,7 @@ from ..metrics.snapshot import SupervisorSnapshot
 if TYPE_CHECKING:
     from .arbiter import Arbiter
 
-COMMANDS = "status, scale N, reload, upgrade, stop"
+COMMANDS = "status, scale N, reload, refork, upgrade, stop"
 
 
 def control_command(arbiter: Arbiter, line: str) -> dict[str, Any]:
@@ -51,6 +52,11 @@ def control_command(arbiter: Arbiter, line: str) -> dict[str, Any]:
                 + arbiter.state.current.value,
             }
         return {"ok": True, "generation": arbiter.generation}
+    if command == "refork":
+        replies = [pool.reforker.refork_now() for pool in arbiter.pools.values()]
+        if not replies or any(reply.startswith("error") for reply in replies):
+            return {"ok": False, "error": "; ".join(replies) or "refork needs a prefork server"}
+        return {"ok": True, "reforks": replies}
     if command == "upgrade":
         return arbiter.upgrader.request("ctl upgrade")
     if command == "stop":

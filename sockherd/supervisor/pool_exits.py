@@ -124,6 +124,7 @@ def worker_exited(pool: WorkerPool, index: int, status: int | None) -> None:
         lost = "timeouts" if facts.timed_out else "aborted"
     # A threaded worker may die with several requests in hand: one timed out, the rest aborted.
     scoreboard.release(index, lost, others_lost=max(0, scoreboard.requests_in_hand(index) - 1))
+    pool.reforker.worker_gone(index)
     pool.on_child_reaped(handle.pid)
     _log_exit(pool, handle, reason, description, facts, pool.last_exits[index])
 

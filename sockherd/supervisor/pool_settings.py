@@ -9,13 +9,13 @@ read only those.
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..server.base_server import BaseServer
+from .pool_sizing import host_sizing
 
 if TYPE_CHECKING:
     from .reaper import ChildReaper
@@ -42,16 +42,21 @@ class PoolSettings:
     slow_request_timeout: float | None = None
     slow_log: str | None = None
     threads: int = 1  # requests each worker serves at once (its thread pool)
+    memory_limit: int | None = None  # the cgroup's memory limit in bytes, None: unlimited
+    idle_timeout: float | None = None  # autoscale: idle this long -> min_workers (0 allowed)
+    max_spawn_rate: int = 32  # autoscale: workers started per second at most
+    max_pool_memory: int | None = None  # autoscale: total PSS budget (None: a share of the limit)
+    refork_after: tuple[int, ...] = ()  # requests of a worker before the next refork
 
 
 def default_workers() -> int:
-    """One worker per CPU."""
-    return os.cpu_count() or 1
+    """One worker per CPU the process may use (cgroup quota, affinity, count: `pool_sizing`)."""
+    return host_sizing().workers
 
 
 def default_max_workers() -> int:
-    """Four workers per CPU."""
-    return 4 * (os.cpu_count() or 1)
+    """Four workers per CPU the process may use."""
+    return host_sizing().max_workers
 
 
 class PreforkServer(Protocol):
@@ -62,6 +67,7 @@ class PreforkServer(Protocol):
     max_requests: int
     max_requests_jitter: int
     max_worker_memory: int | None
+    freeze_heap: bool
 
     @property
     def loop_members(self) -> tuple[BaseServer, ...]: ...

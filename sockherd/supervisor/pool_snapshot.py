@@ -19,6 +19,7 @@ from ..metrics.snapshot import PoolSnapshot, SlotFigures, WorkerSnapshot
 from ..workers import live_record
 from ..workers.lifecycle import WorkerState
 from ..workers.scoreboard import Slot
+from .pool_memory import shared_ratio
 from .worker_exits import RestartReason
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def pool_snapshot(pool: WorkerPool) -> PoolSnapshot:
                 slot=index,
                 pid=handle.pid,
                 generation=slot.generation,
-                state=_STATE_NAMES[slot.state],
+                state="template" if pool.reforker.is_template(handle) else _STATE_NAMES[slot.state],
                 requests=slot.requests,
                 errors=slot.errors,
                 age=round(now_monotonic - handle.started_at, 3),
@@ -87,6 +88,8 @@ def pool_snapshot(pool: WorkerPool) -> PoolSnapshot:
                 duration_sum=totals.duration_sum,
             )
         )
+    pids = (pool.workers[index].pid for index in sorted(pool.workers))
+    memory = pool.memory.totals(pids, cached=True)
     return PoolSnapshot(
         handoff=pool.settings.handoff,
         desired=pool.desired,
@@ -107,6 +110,9 @@ def pool_snapshot(pool: WorkerPool) -> PoolSnapshot:
         accepted=accepted + sum(1 for i in pool.workers if scoreboard.request_in_hand(i)),
         max_workers_reached=pool.max_workers_reached,
         settings=dataclasses.asdict(pool.settings),
+        memory=memory,
+        shared_ratio=shared_ratio(memory),
+        autoscale_decisions=dict(pool.autoscale_decisions),
     )
 
 

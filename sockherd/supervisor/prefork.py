@@ -9,7 +9,8 @@ Configuration is class attributes, as everywhere in socketserver, or the same
 names as keyword arguments of the Prefork*Server constructors:
 
 ==================== ======= ====================================================
-workers              None    worker processes; None means os.cpu_count()
+workers              None    worker processes; None means one per CPU the process may
+                             use: cgroup quota, affinity, count (`pool_sizing`)
 handoff              accept  "accept" (workers block in accept) or "dispatch"
                              (the supervisor accepts and passes each connection
                              to the least recently used idle worker)
@@ -26,8 +27,9 @@ slow_request_timeout None    seconds after which a request's Python traceback is
                              logged, once; it keeps running (see `slow_requests`)
 slow_log             None    file for those tracebacks instead of the log
 graceful_timeout     30      seconds a stopping server waits for requests in progress
-min_workers          1       lower bound for TTOU
-max_workers          None    upper bound for TTIN; None means 4 * os.cpu_count()
+min_workers          1       lower bound for TTOU and autoscaling; 0 (autoscale only)
+                             lets an idle pool scale to zero
+max_workers          None    upper bound for TTIN; None means 4 per usable CPU
 heartbeat_interval   0.5     how often an idle worker wakes to beat and check for a stop
                              request (accept mode uses SO_RCVTIMEO on the listener; where
                              accept() ignores it, idle workers see a stop only when a
@@ -38,6 +40,16 @@ min_spare_workers    1       autoscale: add workers when fewer are idle
 max_spare_workers    4       autoscale: remove one when more stay idle a cool-down
 autoscale_interval   1       autoscale: seconds between scale-up steps (1, 2, 4, ...)
 autoscale_cooldown   10      autoscale: seconds of surplus before each scale-down step
+idle_timeout         None    autoscale: seconds without a request before the pool drops
+                             to min_workers (0: scale to zero; a connection wakes it)
+max_spawn_rate       32      autoscale: workers started per second at most
+max_pool_memory      None    autoscale: total PSS of the workers not to grow past (bytes);
+                             None: 80% of the cgroup memory limit, if any; 0: none
+refork_after         None    [N1, N2, ...]: a worker that served N1 requests becomes the
+                             template the next generation forks from (then N2 ...;
+                             `ctl refork` by hand; Linux: see `refork`)
+freeze_heap          True    gc.freeze() the supervisor's heap before forking a worker,
+                             so workers keep sharing its pages (see `heap_freeze`)
 control_socket       None    path of a Unix control socket (mode 0600) answering
                              status, scale N, reload, stop (see `control`)
 metrics_basic_auth   None    (user, password) that metrics scrapes must present
@@ -77,6 +89,7 @@ from ..server.socket_servers import TCPServer, UDPServer
 from .arbiter import Arbiter, supervising
 from .pool_handover import adopt_pool, carried_scoreboard, let_go
 from .pool_settings import PoolSettings, default_max_workers, default_workers
+from .pool_sizing import host_sizing
 from .reaper import ChildReaper
 from .settings import ATTRIBUTES, PREFORK_ATTRIBUTES, validate_setting
 from .worker_pool import WorkerPool
@@ -123,6 +136,11 @@ class PreforkMixIn(_MixInHost):
     slow_request_timeout: float | None = None
     slow_log: str | None = None
     threads = 1
+    freeze_heap = True
+    idle_timeout: float | None = None
+    max_spawn_rate = 32
+    max_pool_memory: int | None = None
+    refork_after: tuple[int, ...] | list[int] | None = None
 
     # sockherd state, created lazily (no mix-in __init__).
     _pool: WorkerPool | None = None
@@ -167,6 +185,8 @@ class PreforkMixIn(_MixInHost):
         upgrade): its workers are adopted and a new generation replaces them.
         """
         self._validate()
+        if self.workers is None:
+            log.info("%s", host_sizing().describe())
         settings = self.pool_settings()
         if carried is not None:
             try:
@@ -197,7 +217,7 @@ class PreforkMixIn(_MixInHost):
         datagram = self.socket.type == socket.SOCK_DGRAM
         return PoolSettings(
             workers=workers,
-            min_workers=max(1, self.min_workers or 1),
+            min_workers=self.min_workers if self.autoscale else max(1, self.min_workers),
             max_workers=max(self.max_workers or default_max_workers(), workers),
             handoff="accept" if datagram else self.handoff,
             worker_timeout=self.worker_timeout,
@@ -212,6 +232,11 @@ class PreforkMixIn(_MixInHost):
             slow_request_timeout=self.slow_request_timeout,
             slow_log=self.slow_log,
             threads=self.threads,
+            memory_limit=host_sizing().memory_limit,
+            idle_timeout=self.idle_timeout,
+            max_spawn_rate=self.max_spawn_rate,
+            max_pool_memory=self.max_pool_memory,
+            refork_after=tuple(int(n) for n in self.refork_after or ()),
         )
 
     def pool_snapshot(self) -> PoolSnapshot | None:
@@ -285,6 +310,8 @@ class PreforkMixIn(_MixInHost):
         """Check every setting by the settings table's rules (the command's own)."""
         for name in PREFORK_ATTRIBUTES:
             validate_setting(name, getattr(self, name))
+        if self.min_workers == 0 and not self.autoscale:
+            raise ValueError("min_workers 0 (scale to zero) needs autoscale")
         check_read_timeout(getattr(self, "read_timeout", None))
         self._validate_metrics_security()
 

@@ -183,7 +183,10 @@ TABLE: dict[str, Setting] = {setting.name: setting for setting in (
         "metrics_tls_key", Parser(metavar="PEM"), None, "PEM private key of --metrics-tls-cert",
         scope="server", attribute="metrics_tls_keyfile",
     ),
-    _prefork("workers", COUNT, None, "worker processes", shown_default="one per CPU"),
+    _prefork(
+        "workers", COUNT, None, "worker processes",
+        shown_default="one per usable CPU (cgroup quota, affinity, count)",
+    ),
     _prefork(
         "handoff", TEXT, "accept",
         "accept: idle workers accept; dispatch: the supervisor accepts and passes connections",
@@ -218,8 +221,11 @@ TABLE: dict[str, Setting] = {setting.name: setting for setting in (
             "progress finish", scope="server", attribute="graceful_timeout"),
     Setting("upgrade_timeout", SECONDS, 60.0, "seconds an in-place upgrade's new workers get to "
             "be ready before the old ones serve on", scope="server"),
-    _prefork("min_workers", COUNT, 1, "never scale below this"),
-    _prefork("max_workers", COUNT, None, "never scale above this", shown_default="4 × CPUs"),
+    _prefork(
+        "min_workers", COUNT_OR_ZERO, 1,
+        "never scale below this; 0 with --autoscale and --idle-timeout: scale to zero",
+    ),
+    _prefork("max_workers", COUNT, None, "never scale above this", shown_default="4 × usable CPUs"),
     _prefork(
         "heartbeat_interval", SECONDS, 0.5,
         "how often an idle worker wakes to beat and check for a stop request",
@@ -228,6 +234,11 @@ TABLE: dict[str, Setting] = {setting.name: setting for setting in (
         "reap_orphans", Switch(metavar="auto|true|false", auto=True), None,
         "reap processes handlers fork and abandon (auto: in a dedicated supervisor process)",
         shown_default="auto",
+    ),
+    Setting(
+        "freeze_heap", SWITCH, True,
+        "gc.freeze() the heap before forking workers and request children; --no-freeze-heap: off",
+        scope="server", attribute="freeze_heap",
     ),
     Setting(
         "control", PATH, None, "path of a Unix control socket (mode 0600) for sockherd ctl",
@@ -244,6 +255,22 @@ TABLE: dict[str, Setting] = {setting.name: setting for setting in (
         "autoscale_cooldown", SECONDS, 10.0,
         "autoscale: seconds of surplus before each scale-down step",
     ),
+    _prefork(
+        "idle_timeout", SECONDS, None,
+        "autoscale: seconds without a request before the pool drops to min_workers",
+    ),
+    _prefork("max_spawn_rate", COUNT, 32, "autoscale: workers started per second at most"),
+    _prefork(
+        "max_pool_memory", Size(minimum=0), None,
+        "autoscale: the workers' total PSS not to grow past; 0: no budget (K, M, G)",
+        shown_default="80% of the cgroup memory limit, if any",
+    ),
+    Setting(
+        "refork_after", COUNT, None,
+        "requests a worker serves before it becomes the template of the next generation "
+        "(repeatable: one refork at each; Linux)", scope="prefork", attribute="refork_after",
+        repeatable=True,
+    ),
 )}
 # fmt: on
 
@@ -251,7 +278,7 @@ ATTRIBUTES: dict[str, Setting] = {s.attribute: s for s in TABLE.values() if s.at
 """The settings that set a class attribute, by attribute name."""
 
 # The Arbiter's settings (every mode) that PreforkMixIn carries too, for a program's own server.
-PREFORK_ALSO = ("graceful_timeout", "control_socket")
+PREFORK_ALSO = ("graceful_timeout", "control_socket", "freeze_heap")
 
 PREFORK_ATTRIBUTES: tuple[str, ...] = tuple(
     attribute

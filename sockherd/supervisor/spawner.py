@@ -26,6 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..server.child_watch import pidfd_supported
 from ..server.fork_failures import ForkFailures
+from ..server.heap_freeze import (
+    FrozenForFork,
+    after_fork_in_child,
+    after_fork_in_parent,
+    before_fork,
+)
 from ..workers.scoreboard import Scoreboard
 from ..workers.threaded_worker import make_worker
 from .worker_process import worker_process_class
@@ -92,9 +98,10 @@ class Spawner:
         except OSError as error:
             self._failed(index, error)
             return None
+        frozen = before_fork(self.server.freeze_heap)
         process = self.process_class(
             target=_worker_main,
-            args=(self.server, index, self.scoreboard, child_end, self.handoff),
+            args=(self.server, index, self.scoreboard, child_end, self.handoff, frozen),
             name=f"sockherd-worker-{index}",
             daemon=True,
         )
@@ -105,6 +112,8 @@ class Spawner:
             child_end.close()
             self._failed(index, error)
             return None
+        finally:
+            after_fork_in_parent(frozen)  # the child never returns from start()
         self.fork_failures.succeeded()
         child_end.close()
         parent_end.setblocking(False)
@@ -134,9 +143,16 @@ def exit_fd_of(process: Any) -> tuple[int, bool]:
 
 
 def _worker_main(
-    server: PreforkServer, index: int, scoreboard: Scoreboard, channel: socket.socket, handoff: str
+    server: PreforkServer,
+    index: int,
+    scoreboard: Scoreboard,
+    channel: socket.socket,
+    handoff: str,
+    frozen: FrozenForFork | None = None,
 ) -> None:
-    """In the child: drop the supervisor's fds, then run the worker loop."""
+    """In the child: collect again (the inherited heap stays frozen), drop the supervisor's
+    fds, then run the worker loop."""
+    after_fork_in_child(frozen)
     os.setpgid(0, 0)  # its own process group: a timeout kill takes its children too
     _die_with_parent()
     server.close_loop_fds()

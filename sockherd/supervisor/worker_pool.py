@@ -32,17 +32,18 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..server.listen_queue import queued_connections
 from ..workers.lifecycle import WorkerState
 from ..workers.proc_stats import ProcessReadings
 from ..workers.scoreboard import Scoreboard
 from ..workers.worker_loop import READY, set_listener_heartbeat
-from .autoscaler import Autoscaler
 from .dispatcher import Dispatcher
+from .pool_autoscale import PoolAutoscale
 from .pool_exits import OomWatch, worker_exited
+from .pool_memory import PoolMemory
 from .pool_settings import PoolSettings
 from .pool_snapshot import pool_snapshot
 from .reaper import ChildReaper
+from .refork import Reforker
 from .slow_requests import SlowRequests
 from .spawner import Spawner, WorkerHandle, exit_fd_of
 from .worker_timeouts import enforce_timeouts, kill_group, send_signal
@@ -101,36 +102,35 @@ class WorkerPool:
         self.tick_due = True
         self.next_tick = 0.0
         self.closed = False
-        self.autoscaler = (
-            Autoscaler(
-                settings.min_spare_workers,
-                settings.max_spare_workers,
-                settings.autoscale_interval,
-                settings.autoscale_cooldown,
-            )
-            if settings.autoscale
-            else None
-        )
+        self.memory = PoolMemory(self.readings)
+        self.autoscale_decisions: collections.Counter[str] = collections.Counter()
+        self.autoscaler = PoolAutoscale(self) if settings.autoscale else None
+        self.reforker = Reforker(self, settings.refork_after)
         if settings.handoff == "accept":
             set_listener_heartbeat(server.socket, settings.heartbeat_interval)
 
     # --- workers coming and going -------------------------------------------------------
 
     def spawn(self) -> WorkerHandle | None:
-        """Fork one worker of the current generation and watch it."""
-        handle = self.spawner.spawn(self.generation)
+        """Fork one worker of the current generation and watch it (or order it from the
+        template, which reports its pid later: `refork`)."""
+        ordered = self.reforker.ready
+        handle = (
+            self.reforker.order(self.generation) if ordered else self.spawner.spawn(self.generation)
+        )
         if handle is None:
             return None
-        self.watch(handle, *exit_fd_of(handle.process))
+        self.watch(handle, *((None, False) if ordered else exit_fd_of(handle.process)))
         return handle
 
-    def watch(self, handle: WorkerHandle, exit_fd: int, owns_exit_fd: bool) -> None:
+    def watch(self, handle: WorkerHandle, exit_fd: int | None, owns_exit_fd: bool) -> None:
         """Take `handle` into the pool: the reaper watches its exit fd, the loop its channel."""
         index = handle.index
         self.workers[index] = handle
-        self.reaper.watch(
-            handle.pid, exit_fd, owns_exit_fd, lambda status: self.worker_exited(index, status)
-        )
+        if exit_fd is not None:  # None: ordered from the template, watched once it has a pid
+            self.reaper.watch(
+                handle.pid, exit_fd, owns_exit_fd, lambda status: self.worker_exited(index, status)
+            )
         if handle.channel_open:
             self.server.add_wake_source(handle.channel.fileno(), lambda: self.on_message(index))
 
@@ -150,6 +150,8 @@ class WorkerPool:
             self.server.remove_wake_source(handle.channel.fileno())
             return
         for event in data:
+            if self.reforker.on_event(index, event):
+                continue
             if event == READY[0]:
                 self.boot_failures = 0
                 self.tick_due = True  # a reload may stop an old worker now
@@ -224,7 +226,8 @@ class WorkerPool:
             self.drain_step(now)
             return
         if self.autoscaler is not None:
-            self.autoscale(now)
+            self.autoscaler.tick(now)
+        self.reforker.tick(now)
         self.reconcile(now)
 
     def _note_saturation(self) -> None:
@@ -235,23 +238,6 @@ class WorkerPool:
         if saturated and not self._all_busy:
             self.max_workers_reached += 1
         self._all_busy = saturated
-
-    def autoscale(self, now: float) -> None:
-        """Let the autoscaler adjust `desired` from idle workers and the listen backlog."""
-        assert self.autoscaler is not None
-        idle = sum(1 for h in self.current() if self.scoreboard.can_take_request(h.index))
-        queued = queued_connections(self.server.socket)
-        delta = self.autoscaler.decide(now, idle, queued)
-        if delta:
-            before = self.desired
-            if self.scale_by(delta) != before:
-                log.info(
-                    "autoscale: %d idle, %d queued: %d -> %d workers",
-                    idle,
-                    queued,
-                    before,
-                    self.desired,
-                )
 
     def current(self) -> list[WorkerHandle]:
         """Live workers of the current generation not told to stop."""
@@ -269,13 +255,16 @@ class WorkerPool:
     @property
     def reloading(self) -> bool:
         """A reload is in progress: old workers still run, or new ones are not all ready."""
-        old = any(h.generation != self.generation for h in self.workers.values())
+        old = any(
+            h.generation != self.generation and not self.reforker.is_template(h)
+            for h in self.workers.values()
+        )
         return old or self.ready_count() < self.desired
 
     def reconcile(self, now: float) -> None:
         """Spawn or stop workers until the current generation has `desired` of them."""
         current = self.current()
-        missing = self.desired - len(current)
+        missing = 0 if self.reforker.holding() else self.desired - len(current)
         while missing > 0 and self.spawner.may_spawn(time.monotonic()):
             if self.spawn() is None:
                 break
@@ -305,8 +294,9 @@ class WorkerPool:
     # --- operator commands ----------------------------------------------------------------
 
     def scale_to(self, count: int) -> int:
-        """Set the desired worker count, bounded by min_workers..max_workers; return it."""
-        self.desired = min(max(count, self.settings.min_workers, 1), self.max_workers)
+        """Set the desired worker count, bounded by min_workers..max_workers; return it.
+        Only an autoscaled pool may have min_workers 0 (scale to zero)."""
+        self.desired = min(max(count, self.settings.min_workers), self.max_workers)
         self.tick_due = True
         log.debug("desired workers: %d", self.desired)
         return self.desired
@@ -318,6 +308,7 @@ class WorkerPool:
     def reload(self) -> None:
         """HUP: start a new generation; old workers drain as new ones report ready."""
         self.generation += 1
+        self.reforker.reloaded()
         self.tick_due = True
         log.info("reloading: starting generation %d", self.generation)
 
@@ -385,6 +376,7 @@ class WorkerPool:
     def kill_and_reap_all(self) -> None:
         """Outside the loop (it ended early): kill every worker and wait until all are reaped."""
         self.begin_stop(graceful=False, now=time.monotonic())
+        self.reforker.forget_orders()
         while self.workers:
             self.reaper.wait(None)
 
@@ -397,4 +389,6 @@ class WorkerPool:
         self.closed = True
         if self.slow is not None:
             self.slow.close()
+        if self.autoscaler is not None:
+            self.autoscaler.close()
         self.scoreboard.close()

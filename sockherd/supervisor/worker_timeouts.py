@@ -55,7 +55,10 @@ def enforce_timeouts(
 
 
 def send_signal(pid: int, signum: int) -> None:
-    """Signal one process; a process already gone is not an error."""
+    """Signal one process; a process already gone is not an error.  A pid not known
+    yet (0: a reforked worker not adopted yet) is never signalled: 0 means our group."""
+    if pid <= 0:
+        return
     try:
         os.kill(pid, signum)
     except ProcessLookupError:
@@ -64,6 +67,8 @@ def send_signal(pid: int, signum: int) -> None:
 
 def kill_group(pid: int, signum: int) -> None:
     """Signal a worker's process group (it leads one), or the worker alone if that fails."""
+    if pid <= 0:
+        return
     try:
         os.killpg(pid, signum)
     except OSError:

@@ -45,6 +45,7 @@ from . import live_record, slow_traceback
 from .fd_passing import receive_connection
 from .lifecycle import WorkerState
 from .scoreboard import Scoreboard
+from .template import PROMOTE, run_template
 
 READY = b"r"
 IDLE = b"i"
@@ -141,6 +142,8 @@ class Worker:
             self.dispatched_loop()
         else:
             self.accept_loop()
+        if self.scoreboard.slots[self.index].stop == PROMOTE and not self.stopping:
+            return run_template(self)  # reforking: fork the next generation from here
         self.scoreboard.set_state(self.index, WorkerState.STOPPING)
         return 0
 

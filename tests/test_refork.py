@@ -1,0 +1,104 @@
+"""Reforking: a warm worker becomes the template the next generation forks from; the new
+workers are the supervisor's children, counters continue, nothing fails under load."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+from conftest import wait_until
+from server_process import PROJECT_ROOT, metric_value, request_line, server_process
+
+from sockherd.server.child_watch import pidfd_supported
+
+pytestmark = pytest.mark.skipif(not pidfd_supported(), reason="reforking needs pidfds (Linux)")
+
+
+def log_count(running, text: str) -> int:
+    return sum(1 for line in running.log.splitlines() if text in line)
+
+
+def worker_pids(supervisor: int) -> set[int]:
+    return {child.pid for child in psutil.Process(supervisor).children()}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("handoff", ["accept", "dispatch"])
+def test_refork_under_load_loses_nothing_and_counters_continue(handoff):
+    settings = {"workers": 3, "refork_after": [40, 120], "handoff": handoff,
+                "heartbeat_interval": 0.1}  # fmt: skip
+    sent, failures, scrapes, at_generation_2 = [0], [], [], []
+    stop = threading.Event()
+    with server_process(
+        "PreforkTCPServer", "prefork_handlers:Commands", settings,
+        metrics_address=("127.0.0.1", 0),
+    ) as running:  # fmt: skip
+        first_generation = worker_pids(running.pid)
+
+        def client():
+            for _ in range(5000):  # bounded in count, and by the stop event
+                if stop.is_set():
+                    return
+                try:
+                    reply = request_line(running.address, b"echo ok\n")
+                    assert reply.split()[1] == b"ok", reply
+                    sent[0] += 1
+                except (OSError, AssertionError, IndexError) as error:
+                    failures.append(repr(error))
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        # the load goes on until the second refork's generation is complete, and a bit more
+        while log_count(running, "workers ready") < 3 and time.monotonic() < deadline:
+            scrapes.append(metric_value(running.scrape(), "sockherd_requests_total"))
+            time.sleep(0.02)
+        at_generation_2.append(sent[0])
+        assert log_count(running, "workers ready") >= 3, running.log
+        wait_until(lambda: sent[0] >= at_generation_2[0] + 200, timeout=30)
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        wait_until(lambda: metric_value(running.scrape(), "sockherd_requests_total") >= sent[0])
+        total = metric_value(running.scrape(), "sockherd_requests_total")
+        workers = worker_pids(running.pid)  # psutil: the supervisor's children, nothing else
+        supervisor = running.pid
+        log = running.log
+    print(f"\n{handoff}: {sent[0]} requests, 2 reforks (the 2nd generation complete after "
+          f"{at_generation_2[0]}), {len(failures)} failed; requests_total {total:.0f}; "
+          f"{len(scrapes)} scrapes during the load")  # fmt: skip
+    assert failures == []
+    assert total == sent[0]
+    assert scrapes == sorted(scrapes)  # monotonic across both reforks
+    assert log.count("becomes the template") == 2
+    assert "reloading: starting generation 2" in log
+    # the last generation came from a template, yet its workers are the supervisor's children
+    assert len(workers - first_generation) >= 3 and supervisor not in workers
+
+
+@pytest.mark.timeout(60)
+def test_ctl_refork_promotes_a_worker_by_hand(tmp_path):
+    control = str(tmp_path / "control.sock")
+    with server_process(
+        "PreforkTCPServer", "prefork_handlers:Commands", {"workers": 2, "heartbeat_interval": 0.1},
+        control_socket=control,
+    ) as running:  # fmt: skip
+        for _ in range(10):
+            request_line(running.address, b"echo warm\n")
+        done = subprocess.run(
+            [sys.executable, "-m", "sockherd", "ctl", "--control", control, "refork"],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        running.wait_for("reloading: starting generation 1", timeout=20)
+        running.wait_for("workers ready", timeout=20, count=2)
+        reply = request_line(running.address, b"echo after\n").split()
+        server = psutil.Process(running.pid)
+    assert reply[1] == b"after"
+    assert "(ctl refork)" in running.log
+    assert int(reply[0]) != running.pid and server.pid == running.pid
