@@ -143,6 +143,8 @@ def test_counters_never_go_down_when_workers_are_killed_and_replaced():
     with serving(server, poll_interval=0.05):
         for index in range(10):
             tcp_request(server.server_address, b"echo %d\n" % index)
+        # Both workers booted: a worker killed while still booting is a boot failure.
+        wait_until(lambda: [w["state"] for w in server.worker_stats()] == ["idle", "idle"])
         before = samples(scrape(server))
         victim = server.worker_stats()[0]
         os.kill(victim["pid"], signal.SIGKILL)

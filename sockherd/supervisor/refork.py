@@ -32,13 +32,14 @@ import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..server.child_watch import pidfd_supported
 from ..workers.lifecycle import WorkerState
 from ..workers.template import ORDER, PID_WRITTEN, PROMOTE, TEMPLATE_READY
 from .spawner import WorkerHandle
 from .subreaper import become_subreaper
+from .worker_process import AdoptedProcess
 
 if TYPE_CHECKING:
     from .worker_pool import WorkerPool
@@ -46,18 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ADOPT_TIMEOUT = 10.0
-
-
-class _Adopted:
-    """Stands in for a multiprocess Process for a worker the template forked."""
-
-    def __init__(self) -> None:
-        self.pid = 0
-        self.sentinel = -1
-        self._popen = None
-
-    def close(self) -> None:
-        """Nothing to release."""
 
 
 class Reforker:
@@ -235,8 +224,7 @@ class Reforker:
             child_end.close()
         parent_end.setblocking(False)
         self.ordered[index] = time.monotonic()
-        process: Any = _Adopted()
-        return WorkerHandle(index, 0, process, parent_end, generation)
+        return WorkerHandle(index, 0, AdoptedProcess(0), parent_end, generation)
 
     def template_state(self) -> WorkerState | None:
         """The template's scoreboard state, or None without a template."""

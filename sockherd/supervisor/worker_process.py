@@ -78,8 +78,9 @@ def exit_code_taken(process: Any) -> int:
 
 
 class AdoptedProcess:
-    """Stands in for the multiprocess Process of a worker an earlier image forked (after an
-    in-place upgrade): it has a pid and nothing for multiprocess to wait on."""
+    """Stands in for the multiprocess Process of a worker the supervisor did not fork with
+    multiprocess -- an earlier image's (in-place upgrade) or the template's (refork): it
+    has a pid (0 until known) and nothing for multiprocess to wait on."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
