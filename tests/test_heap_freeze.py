@@ -23,10 +23,11 @@ def test_children_inherit_a_frozen_heap_and_collect(server, freeze_heap):
     pid, enabled, frozen = int(reply[0]), reply[1], int(reply[2])
     assert pid != supervisor
     assert enabled == "True"  # the child collects its own garbage
+    startup = int(run_python("import gc; print(gc.get_freeze_count())"))  # 3.12 freezes some
     if freeze_heap:
-        assert frozen > 1000  # the modules, the server, the handler classes...
+        assert frozen > startup + 1000  # the modules, the server, the handler classes...
     else:
-        assert frozen == 0
+        assert frozen == startup
 
 
 def run_python(code: str) -> str:
@@ -46,8 +47,8 @@ def test_the_parent_gets_its_collector_back_as_it_was():
         "after_fork_in_parent(frozen)\n"
         "print(gc.isenabled(), gc.get_freeze_count())\n"
         "gc.disable(); gc.freeze(); before = gc.get_freeze_count()\n"
-        "after_fork_in_parent(before_fork(True))\n"  # a program's own freeze stays
-        "print(gc.isenabled(), gc.get_freeze_count() >= before)\n"
+        "after_fork_in_parent(before_fork(True))\n"  # a program's own freeze stays as it is
+        "print(gc.isenabled(), gc.get_freeze_count() == before)\n"
         "print(before_fork(False))\n"
     )
     assert out.split("\n")[:4] == ["False True", "True 0", "False True", "None"]
