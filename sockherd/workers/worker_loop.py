@@ -37,14 +37,14 @@ import signal
 import socket
 import struct
 import sys
-import time
+from time import monotonic
 from typing import Any
 
 from ..server.read_deadline import limit_reads, outcome_of_failure
 from . import live_record, slow_traceback
 from .fd_passing import receive_connection
 from .lifecycle import WorkerState
-from .scoreboard import Scoreboard
+from .scoreboard import Scoreboard, record_request, request_done, take_request
 
 READY = b"r"
 IDLE = b"i"
@@ -68,6 +68,7 @@ class Worker:
         self.server = server
         self.index = index
         self.scoreboard = scoreboard
+        self.slot: Any = None  # the shared slot's view, kept for the hot path (set by run())
         self.channel = channel
         self.handoff = handoff
         self.heartbeat_interval = heartbeat_interval
@@ -126,7 +127,8 @@ class Worker:
             sys.stderr.flush()
             return BOOT_FAILURE_EXIT
         slow_traceback.arm(self.server)
-        live_record.attach(self.scoreboard.slots[self.index])
+        self.slot = self.scoreboard.slots[self.index]
+        live_record.attach(self.slot)
         live_record.describe_http_requests(self.server)
         self.scoreboard.set_state(self.index, WorkerState.IDLE)
         self.tell(READY)
@@ -154,9 +156,9 @@ class Worker:
         """
         if self.request_limit and self.served >= self.request_limit:
             return True
-        if self.memory_limit and self.over_memory_limit:
+        if self.over_memory_limit:
             return True
-        now = time.monotonic()
+        now = monotonic()
         if now >= self.next_beat:
             self.next_beat = now + self.heartbeat_interval
             self.scoreboard.beat(self.index)
@@ -164,7 +166,7 @@ class Worker:
                 return True
         # The scoreboard flag, not only SIGTERM's handler: a Python signal handler may
         # never run in a child forked from a non-main thread (seen on CPython 3.13.0).
-        return self.stopping or bool(self.scoreboard.slots[self.index].stop)
+        return self.stopping or bool(self.slot.stop)
 
     def accept_loop(self) -> None:
         """accept mode: block in get_request() on the shared listener, one request at a time."""
@@ -233,26 +235,31 @@ class Worker:
         return True
 
     def serve(self, request: Any, client_address: Any) -> None:
-        """Run the handler on one request exactly as a synchronous server would."""
-        self.scoreboard.set_state(self.index, WorkerState.BUSY)
-        self.scoreboard.begin_request(self.index)
-        began = time.monotonic()
-        live_record.begin(self.scoreboard.slots[self.index], client_address, began)
+        """Run the handler on one request exactly as a synchronous server would.
+
+        The per-request path: two clock readings and plain stores on the slot
+        (`take_request`, the live record, `record_request`, `request_done`)."""
+        slot = self.slot
+        began = monotonic()
+        take_request(slot, began)
+        live_record.begin(slot, client_address, began)
         outcome = "ok"
+        server = self.server
         try:
-            self.server.finish_request(request, client_address)
+            server.finish_request(request, client_address)
         except Exception:
             outcome = outcome_of_failure(request)
-            self.server.handle_error(request, client_address)
+            server.handle_error(request, client_address)
         finally:
             # Count before the connection closes: once the client has its answer, the
             # scoreboard already shows the request.
-            self.scoreboard.record_request(self.index, time.monotonic() - began, outcome)
+            ended = monotonic()
+            record_request(slot, ended - began, outcome)
             self.served += 1
-            self.server.shutdown_request(request)
+            server.shutdown_request(request)
             if self.memory_limit and resident_memory() > self.memory_limit:
                 self.over_memory_limit = True  # recycle: finish here, a fresh worker follows
-            self.scoreboard.set_state(self.index, WorkerState.IDLE)
+            request_done(slot, ended)
 
 
 class _HeartbeatListener(socket.socket):
