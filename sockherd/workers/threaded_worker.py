@@ -157,7 +157,7 @@ class ThreadedWorker(Worker):
         poller.register(self.server.socket.fileno(), select.POLLIN)
         while poller.poll(0):
             self.take_free_thread(None)
-            if not self.accept_one():
+            if not self.accept_one(wait=False):
                 return
 
     def dispatched_loop(self) -> None:
