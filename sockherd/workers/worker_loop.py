@@ -237,7 +237,7 @@ class Worker:
     def serve_dispatched(self, family: int, kind: int) -> bool:
         """Receive one connection from the channel and serve it; False if the channel is done."""
         try:
-            received = receive_connection(self.channel, family, kind)
+            received = receive_connection(self.channel, family, kind, self.server.socket.proto)
         except OSError as error:
             return error.errno in (errno.EAGAIN, errno.EINTR)
         if received is None:
