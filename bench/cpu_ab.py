@@ -71,6 +71,7 @@ def one(spec: str, args: argparse.Namespace, build_dir: str) -> dict:
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,
         env=env,
+        cwd=HERE,  # not a source tree: `python -m sockherd` must find SOCKHERD_BENCH_TREE's
         start_new_session=True,
         preexec_fn=lambda: (
             _write(f"{CGROUP}/cgroup.procs", str(os.getpid())),
