@@ -59,13 +59,15 @@ class Settings:
 def measure(cell: Cell, settings: Settings) -> dict:
     """Run one cell; return rps, latency figures (µs) and errors by kind."""
     metrics_port = free_port() if cell.metrics else None
-    gunicorn_port = free_port() if cell.server == "gunicorn-sync" else 0
+    given_port = (
+        free_port() if cell.server == "gunicorn-sync" or cell.server in servers.SERVE_SERVERS else 0
+    )
     argv = servers.command(
         cell.server,
         sys.executable,
         settings.build_dir,
         settings.workers,
-        gunicorn_port,
+        given_port,
         metrics_port,
         keepalive=cell.protocol == "http" and cell.connection == "keepalive",
     )
@@ -80,7 +82,7 @@ def measure(cell: Cell, settings: Settings) -> dict:
             preexec_fn=_pin_to(settings.server_cpu),
         )
     try:
-        port = gunicorn_port or _read_port(server)
+        port = given_port or _read_port(server)
         _probe(port, cell.protocol)
         if cell.loadgen == "wrk":
             return _run_wrk(port, cell, settings)

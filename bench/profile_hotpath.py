@@ -9,7 +9,8 @@ prefork, in every worker (`Worker.run` is wrapped in the profiled process only;
 sockherd's files are not touched).  The load generator drives it for S seconds
 (c16, a new connection per request), then the server is stopped gracefully so
 each profile is written.  Prints, per process role, the requests served, the
-profiled CPU time per request and the top N functions by own time.  Profiles
+profiled CPU time and the function calls per request and the top N functions by own
+time.  SOCKHERD_BENCH_TREE=DIR profiles the sockherd package found in DIR instead.  Profiles
 land in DIR (default bench/build/profiles) for `python -m pstats`.
 """
 
@@ -29,7 +30,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.environ.get("SOCKHERD_BENCH_TREE") or os.path.dirname(HERE))
 
 MODES = ("prefork-accept", "prefork-dispatch", "sockherd-forking", "cpython-forking")
 
@@ -128,7 +129,8 @@ def summarize(mode: str, requests: int, out_dir: str, top: int) -> str:
         per_request = 1e6 * stats.total_tt / max(requests, 1)
         lines.append(
             f"### {role} ({len(files)} process(es)): {stats.total_tt:.2f} s profiled, "
-            f"{per_request:.1f} µs per request (cProfile inflates this)"
+            f"{per_request:.1f} µs per request (cProfile inflates this), "
+            f"{stats.total_calls / max(requests, 1):.1f} function calls per request"
         )
         stats.sort_stats("tottime").print_stats(top)
         body = stream.getvalue()

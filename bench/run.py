@@ -1,7 +1,7 @@
 """Benchmark: sockherd against CPython's socketserver, a hand-written prefork and gunicorn.
 
-    python bench/run.py [--quick] [--threads-only] [--rounds R] [--duration S] [--workers N]
-                        [--out DIR]
+    python bench/run.py [--quick] [--threads-only] [--only PATTERNS] [--rounds R]
+                        [--duration S] [--workers N] [--out DIR]
 
 Compiles the C load generator and a C epoll server (the yardstick that shows
 the load generator is not the bottleneck), then measures every cell of the
@@ -14,7 +14,10 @@ ratios, the issue's targets), and prints the Markdown.  Defaults: the full
 matrix, 3 rounds of 1 s per cell, into bench/results/ (about 11 minutes on 2
 cores); --quick: the cells the targets need, 2 rounds of 1 s, into bench/build/
 (under 2 minutes); --threads-only: the prefork × threads keep-alive cells alone
-(into bench/build/ unless --out).  Only 127.0.0.1 is ever a target; every run is bounded in
+(into bench/build/ unless --out); --only: of the chosen matrix, only the cells whose
+"protocol:server" matches one of the comma-separated shell patterns (e.g.
+`--quick --only 'echo:handmade*,echo:sockherd-*accept'`, into bench/build/ unless
+--out), for short A/B runs.  Only 127.0.0.1 is ever a target; every run is bounded in
 time and count.
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fnmatch
 import os
 import platform
 import shutil
@@ -50,6 +54,8 @@ def full_matrix(with_wrk: bool) -> list[Cell]:
         for concurrency in CONCURRENCIES:
             for connection in CONNECTIONS:
                 for name in names:
+                    if name in servers.SERVE_SERVERS and (concurrency, connection) != (16, "new"):
+                        continue  # `sockherd serve`: the targets' cell only
                     cells.append(Cell(protocol, name, concurrency, connection))
                     if (
                         concurrency == 16
@@ -174,6 +180,9 @@ def main() -> None:
     parser.add_argument(
         "--threads-only", action="store_true", help="only the prefork × threads keep-alive cells"
     )
+    parser.add_argument(
+        "--only", default=None, help="comma-separated patterns of protocol:server to keep"
+    )
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--duration", type=float, default=None, help="seconds per cell")
     parser.add_argument("--workers", type=int, default=4)
@@ -181,7 +190,7 @@ def main() -> None:
     args = parser.parse_args()
     args.rounds = args.rounds or (2 if args.quick else 3)
     duration = args.duration or 1.0
-    scratch = args.quick or args.threads_only
+    scratch = args.quick or args.threads_only or args.only
     out = args.out or (BUILD_DIR if scratch else os.path.join(HERE, "results"))
     two_cpus = len(os.sched_getaffinity(0)) >= 2
     settings = Settings(
@@ -198,6 +207,13 @@ def main() -> None:
     cells = quick_matrix() if args.quick else full_matrix(with_wrk)
     if args.threads_only:
         cells = threads_cells()
+    if args.only:
+        patterns = args.only.split(",")
+        cells = [
+            cell
+            for cell in cells
+            if any(fnmatch.fnmatchcase(f"{cell.protocol}:{cell.server}", p) for p in patterns)
+        ]
     began = time.monotonic()
     rows = run(cells, args.rounds, settings)
     wall = time.monotonic() - began

@@ -12,7 +12,8 @@ sockherd's examples (`--keepalive`: the same handler speaking HTTP/1.1 with
 TCP_NODELAY, so it keeps a connection open between requests).  The
 `sockherd-prefork-threads` servers are the accept-mode pool with `THREADS` request
 threads per worker; the other pools are sync workers (threads=1).  gunicorn and the C server are
-started by the runner directly (see `command()`).
+started by the runner directly (see `command()`), and so is `sockherd serve` (the
+`sockherd-serve-*` servers: the command as users run it).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import sys
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+# SOCKHERD_BENCH_TREE: measure the sockherd package of another source tree (an A/B of
+# two versions, see cpu_ab.py); by default the one this bench belongs to.
+sys.path.insert(0, os.environ.get("SOCKHERD_BENCH_TREE") or os.path.dirname(HERE))
 
 from sockherd.examples.echo import EchoHandler  # noqa: E402
 from sockherd.examples.hello_http import HelloHandler  # noqa: E402
@@ -41,6 +44,7 @@ ECHO_SERVERS = (
     "sockherd-prefork-accept",
     "sockherd-prefork-dispatch",
     "sockherd-prefork-threads",
+    "sockherd-serve-prefork-accept",
 )
 HTTP_SERVERS = (
     "c-epoll",
@@ -49,10 +53,16 @@ HTTP_SERVERS = (
     "sockherd-prefork-accept-http",
     "sockherd-prefork-dispatch-http",
     "sockherd-prefork-threads-http",
+    "sockherd-serve-prefork-accept-http",
 )
+SERVE_SERVERS = ("sockherd-serve-prefork-accept", "sockherd-serve-prefork-accept-http")
+"""Served by the `sockherd serve` command exactly as users run it (a prefork pool in
+accept mode), on a port the runner picks as it does for gunicorn."""
 THREADS = 8  # request threads per worker of the sockherd-prefork-threads servers (accept mode)
 # sockherd servers that take --metrics (the others have no metrics endpoint).
-METRICS_CAPABLE = frozenset(name for name in ECHO_SERVERS + HTTP_SERVERS if "sockherd" in name)
+METRICS_CAPABLE = frozenset(
+    name for name in ECHO_SERVERS + HTTP_SERVERS if "sockherd" in name and name not in SERVE_SERVERS
+)
 THREADS_ONLY_SERVERS = ("sockherd-prefork-threads16", "sockherd-prefork-threads16-http")
 """Servers measured only in the keep-alive threads cells: 16 threads per worker."""
 CLASS_NAMES = {
@@ -82,8 +92,9 @@ def command(
     metrics_port: int | None = None,
     keepalive: bool = False,
 ) -> list[str]:
-    """The argv that starts server `name`.  `port` is used only by gunicorn, which cannot
-    pick its own (the others print theirs); `metrics_port` only by sockherd servers."""
+    """The argv that starts server `name`.  `port` is used only by gunicorn and
+    `sockherd serve`, which do not print theirs (the others do); `metrics_port` only by
+    the sockherd servers built here."""
     if name == "c-epoll":
         return [os.path.join(build_dir, "fastserver")]
     if name == "gunicorn-sync":
@@ -104,6 +115,23 @@ def command(
             "--log-level",
             "warning",
             "wsgi_app:application",
+        ]
+    if name in SERVE_SERVERS:
+        handler = "hello_http:HelloHandler" if name.endswith("-http") else "echo:EchoHandler"
+        return [
+            python,
+            "-m",
+            "sockherd",
+            "serve",
+            f"sockherd.examples.{handler}",
+            "--mode",
+            "prefork",
+            "--workers",
+            str(workers),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
         ]
     argv = [python, os.path.abspath(__file__), name, "--workers", str(workers)]
     if metrics_port is not None:

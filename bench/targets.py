@@ -69,7 +69,7 @@ def check(rows: list[dict]) -> list[Outcome]:
         for base, minimum in (
             ("cpython-forking", 25),
             ("cpython-threading", 3),
-            ("handmade-prefork", 0.95),
+            ("handmade-prefork", 0.97),
         ):
             ratio_target(
                 f"echo prefork-{handoff} ≥ {minimum}× {base} (c16, new conn)",
@@ -77,6 +77,7 @@ def check(rows: list[dict]) -> list[Outcome]:
                 _key("echo", base),
                 minimum,
             )
+    _serve_targets(outcomes, rows, summary)
     gunicorn = _key("http", "gunicorn-sync")
     for handoff in ("accept", "dispatch"):
         ours = _key("http", f"sockherd-prefork-{handoff}-http")
@@ -129,6 +130,38 @@ def check(rows: list[dict]) -> list[Outcome]:
                 0.97,
             )
     return outcomes
+
+
+def _serve_targets(outcomes: list[Outcome], rows: list[dict], summary: dict) -> None:
+    """Served through `sockherd serve`: echo prefork-accept ≥ 0.97× the hand-made prefork
+    with a p50 ≤ 1.2× its p50; HTTP prefork-accept p99 ≤ gunicorn sync's p99."""
+    ours, handmade = _key("echo", "sockherd-serve-prefork-accept"), _key("echo", "handmade-prefork")
+    text = "echo `sockherd serve` prefork-accept ≥ 0.97× handmade-prefork, p50 ≤ 1.2× (c16)"
+    if ours in summary and handmade in summary:
+        ratio = paired_ratio(rows, ours, handmade)
+        p50 = paired_ratio(rows, ours, handmade, "p50_us")
+        outcomes.append(
+            Outcome(
+                text,
+                f"{ratio:.2f}×, p50 {p50:.2f}× ({summary[ours]['p50_us'] / 1000:.2f} ms vs "
+                f"{summary[handmade]['p50_us'] / 1000:.2f} ms)",
+                ratio >= 0.97 and p50 <= 1.2,
+            )
+        )
+    else:
+        outcomes.append(Outcome(text, "not measured", None))
+    ours, gunicorn = (
+        _key("http", "sockherd-serve-prefork-accept-http"),
+        _key("http", "gunicorn-sync"),
+    )
+    text = "HTTP `sockherd serve` prefork-accept p99 ≤ gunicorn sync p99 (c16)"
+    if ours in summary and gunicorn in summary:
+        mine, theirs = summary[ours]["p99_us"], summary[gunicorn]["p99_us"]
+        outcomes.append(
+            Outcome(text, f"{mine / 1000:.2f} ms vs {theirs / 1000:.2f} ms", mine <= theirs)
+        )
+    else:
+        outcomes.append(Outcome(text, "not measured", None))
 
 
 def loadgen_headroom(rows: list[dict]) -> str:

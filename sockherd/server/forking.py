@@ -9,7 +9,8 @@ on a pid it did not fork while below `max_children`.
 
 What sockherd adds (see `child_watch` for the mechanism):
 
-* Every child gets a watch fd that the serve loop sleeps on.  When it turns
+* Every child gets a watch fd that the serve loop sleeps on (through one
+  `ExitPoller` for all of them where there is epoll).  When it turns
   readable the loop reaps that one pid at once, in `serve_forever()` and in
   `handle_request()` alike, so a finished child is a zombie for at most one
   loop iteration, whatever `poll_interval` or `timeout` is.
@@ -34,6 +35,7 @@ What sockherd adds (see `child_watch` for the mechanism):
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import select
@@ -41,13 +43,12 @@ import selectors
 import signal
 import sys
 import time
-from collections.abc import Callable
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from .base_server import _ServerSelector
 from .child_exits import describe_wait_status
-from .child_watch import REAP_RETRY_DELAYS, close_watch_fd, prepare_child_watch
+from .child_watch import REAP_RETRY_DELAYS, ExitPoller, close_watch_fd, prepare_child_watch
 from .fork_failures import ForkFailures
 from .heap_freeze import after_fork_in_child, after_fork_in_parent, before_fork
 
@@ -81,13 +82,12 @@ def _request_outcome(status: int) -> str:
 
 
 class _ChildWatch:
-    """The parent's handle on one child: its exit fd, the callback that reaps it, its birth."""
+    """The parent's handle on one child: its exit fd and its birth."""
 
-    __slots__ = ("fd", "on_exit", "forked_at")
+    __slots__ = ("fd", "forked_at")
 
-    def __init__(self, fd: int | None, on_exit: Callable[[], None], forked_at: float) -> None:
+    def __init__(self, fd: int | None, forked_at: float) -> None:
         self.fd = fd
-        self.on_exit = on_exit
         self.forked_at = forked_at
 
 
@@ -108,6 +108,8 @@ class ForkingMixIn(_MixInHost):
     _child_watches: dict[int, _ChildWatch] | None = None
     _child_exit_counts: collections.Counter[str] | None = None
     _fork_failures: ForkFailures | None = None
+    _exit_poller: ExitPoller | None = None
+    _exit_poller_tried = False
 
     @property
     def child_exit_counts(self) -> collections.Counter[str]:
@@ -214,6 +216,11 @@ class ForkingMixIn(_MixInHost):
         if self.block_on_close and self.close_timeout is not None:
             self._stop_children_after(self.close_timeout)
         self.collect_children(blocking=self.block_on_close)
+        poller, self._exit_poller = self._exit_poller, None
+        self._exit_poller_tried = False
+        if poller is not None:  # children left running keep their own watch fds
+            self.remove_wake_source(poller.fileno())
+            poller.close()
 
     # --- sockherd: the child table -------------------------------------------------
 
@@ -227,13 +234,30 @@ class ForkingMixIn(_MixInHost):
         watches = self._child_watches
         if watches is None:
             watches = self._child_watches = {}
-        watch = watches[pid] = _ChildWatch(fd, lambda: self._reap_one(pid), forked_at)
-        if fd is not None:
-            self.add_wake_source(fd, watch.on_exit)
+        watches[pid] = _ChildWatch(fd, forked_at)
+        if fd is None:
+            return
+        poller = self._exit_poller
+        if poller is None and not self._exit_poller_tried:
+            self._exit_poller_tried = True
+            poller = self._exit_poller = ExitPoller.make()
+            if poller is not None:
+                self.add_wake_source(poller.fileno(), self._reap_exited)
+        if poller is None or not poller.add(fd, pid):
+            self.add_wake_source(fd, functools.partial(self._reap_one, pid))
+
+    def _reap_exited(self) -> None:
+        """The exit poller turned readable: reap each child whose exit fd did."""
+        poller = self._exit_poller
+        if poller is not None:
+            for pid in poller.ready():
+                self._reap_one(pid)
 
     def _unwatch(self, watch: _ChildWatch) -> None:
         if watch.fd is not None:
-            self.remove_wake_source(watch.fd)
+            poller = self._exit_poller
+            if poller is None or not poller.remove(watch.fd):
+                self.remove_wake_source(watch.fd)
             close_watch_fd(watch.fd)
             watch.fd = None
 
@@ -330,7 +354,8 @@ class ForkingMixIn(_MixInHost):
             with _ServerSelector() as selector:
                 for pid, watch in watches.items():
                     if watch.fd is not None and pid in self.active_children:
-                        selector.register(watch.fd, selectors.EVENT_READ, watch.on_exit)
+                        reap = functools.partial(self._reap_one, pid)
+                        selector.register(watch.fd, selectors.EVENT_READ, reap)
                 for key, _events in selector.select(timeout):
                     key.data()
             if len(self.active_children) < before:

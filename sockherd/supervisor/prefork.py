@@ -31,9 +31,10 @@ min_workers          1       lower bound for TTOU and autoscaling; 0 (autoscale 
                              lets an idle pool scale to zero
 max_workers          None    upper bound for TTIN; None means 4 per usable CPU
 heartbeat_interval   0.5     how often an idle worker wakes to beat and check for a stop
-                             request (accept mode uses SO_RCVTIMEO on the listener; where
-                             accept() ignores it, idle workers see a stop only when a
-                             connection arrives or graceful_timeout expires)
+                             request (accept mode: the timeout of its wait for a
+                             connection; datagram servers use SO_RCVTIMEO, and where
+                             recvfrom() ignores it, idle workers see a stop only when a
+                             datagram arrives or graceful_timeout expires)
 autoscale            False   adjust the worker count between min_workers and
                              max_workers on saturation (see `autoscaler`)
 min_spare_workers    1       autoscale: add workers when fewer are idle

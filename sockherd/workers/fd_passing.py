@@ -20,10 +20,16 @@ def send_connection(channel: socket.socket, connection: socket.socket, address: 
     socket.send_fds(channel, [pickle.dumps(address)], [connection.fileno()])
 
 
-def receive_connection(channel: socket.socket, family: int, kind: int) -> tuple[Any, Any] | None:
-    """Receive one connection; None when the supervisor closed the channel."""
+def receive_connection(
+    channel: socket.socket, family: int, kind: int, proto: int = -1
+) -> tuple[Any, Any] | None:
+    """Receive one connection; None when the supervisor closed the channel.
+
+    The socket object gets `family`, `kind` and `proto` (the listener's, as accept()
+    gives them); with `proto` given, Python asks the kernel nothing more than it does
+    for an accepted socket (a proto of -1 costs a getsockopt() per connection)."""
     message, fds, _flags, _address = socket.recv_fds(channel, MAX_MESSAGE, 1)
     if not fds:
         return None
-    connection = socket.socket(family, kind, fileno=fds[0])
+    connection = socket.socket(family, kind, proto, fileno=fds[0])
     return connection, pickle.loads(message)

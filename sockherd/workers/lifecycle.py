@@ -13,7 +13,9 @@ supervisor-side totals; why it ended is the supervisor's restart reasons table
 
 Rule: every state change goes through `Scoreboard.set_state()`, which checks it
 against `TRANSITIONS`, so an impossible move (a DEAD worker turning BUSY) raises
-`IllegalTransition` naming both states instead of corrupting the scoreboard.  A
+`IllegalTransition` naming both states instead of corrupting the scoreboard.  The one
+exception is a sync worker's per-request pair IDLE → BUSY → IDLE (`scoreboard.take_request`
+and `request_done`), plain stores whose legality the scoreboard module asserts once.  A
 worker writes only IDLE, BUSY and STOPPING; the supervisor writes STARTING (before
 the fork), DEAD (after waitpid; the slot stays DEAD, observable, until it is
 reused) and FREE (as it claims the slot again).

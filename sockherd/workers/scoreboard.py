@@ -17,9 +17,10 @@ import ctypes
 import mmap
 import os
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
-from ..server.request_stats import DURATION_BUCKETS, bucket_index
+from ..server.request_stats import DURATION_BUCKETS
 from .lifecycle import TRANSITIONS, IllegalTransition, WorkerState
 from .live_record import DESCRIPTION_BYTES, PEER_BYTES
 
@@ -51,6 +52,43 @@ class Slot(ctypes.Structure):
         ("busy_threads", ctypes.c_int32),  # threads serving a request now
         ("oldest_request", ctypes.c_double),  # start of its oldest request in hand; 0: none
     ]
+
+
+def take_request(slot: Slot, began: float) -> None:
+    """A sync worker takes a request in hand at monotonic time `began` (worker side):
+    IDLE to BUSY, with the heartbeat, and the request counted as begun.
+
+    The per-request path's own form of `set_state(index, BUSY)` + `begin_request(index)`:
+    plain stores on the slot, no transition lookup (IDLE to BUSY is always legal, and
+    only the worker writes its state while it lives)."""
+    slot.state = _BUSY
+    slot.heartbeat = began
+    slot.begun += 1
+
+
+def request_done(slot: Slot, now: float) -> None:
+    """A sync worker is IDLE again at monotonic time `now` (BUSY to IDLE, always legal)."""
+    slot.state = _IDLE
+    slot.heartbeat = now
+
+
+def record_request(slot: Slot, seconds: float, outcome: str) -> None:
+    """`slot`'s worker finished a request with `outcome` (see Scoreboard.record_request)."""
+    slot.duration_sum += seconds
+    slot.buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
+    if outcome == "error":
+        slot.errors += 1
+    # Last, one store that makes the request finished: a worker killed before it
+    # lost the request (request_in_hand), after it did not; never both.
+    if outcome == "timeout":
+        slot.timeouts += 1
+    else:
+        slot.requests += 1
+
+
+_BUSY, _IDLE = int(WorkerState.BUSY), int(WorkerState.IDLE)
+assert WorkerState.BUSY in TRANSITIONS[WorkerState.IDLE]
+assert WorkerState.IDLE in TRANSITIONS[WorkerState.BUSY]
 
 
 class Header(ctypes.Structure):
@@ -143,17 +181,7 @@ class Scoreboard:
     def record_request(self, index: int, seconds: float, outcome: str) -> None:
         """The worker in slot `index` finished a request with `outcome`: "ok", "error",
         or "timeout" (its connection was cut off by read_timeout).  Worker side."""
-        slot = self.slots[index]
-        slot.duration_sum += seconds
-        slot.buckets[bucket_index(seconds)] += 1
-        if outcome == "error":
-            slot.errors += 1
-        # Last, one store that makes the request finished: a worker killed before it
-        # lost the request (request_in_hand), after it did not; never both.
-        if outcome == "timeout":
-            slot.timeouts += 1
-        else:
-            slot.requests += 1
+        record_request(self.slots[index], seconds, outcome)
 
     def request_in_hand(self, index: int) -> bool:
         """Whether the worker in slot `index` has begun a request it has not finished.

@@ -157,7 +157,7 @@ class ThreadedWorker(Worker):
         poller.register(self.server.socket.fileno(), select.POLLIN)
         while poller.poll(0):
             self.take_free_thread(None)
-            if not self.accept_one():
+            if not self.accept_one(wait=False):
                 return
 
     def dispatched_loop(self) -> None:
@@ -176,7 +176,7 @@ class ThreadedWorker(Worker):
         family, kind = self.server.socket.family, self.server.socket.type
         while channel_only.poll(0):
             try:
-                received = receive_connection(self.channel, family, kind)
+                received = receive_connection(self.channel, family, kind, self.server.socket.proto)
             except OSError:
                 return
             if received is None:
@@ -188,7 +188,7 @@ class ThreadedWorker(Worker):
     def serve_dispatched(self, family: int, kind: int) -> bool:
         """Receive one connection from the channel and hand it to a thread."""
         try:
-            received = receive_connection(self.channel, family, kind)
+            received = receive_connection(self.channel, family, kind, self.server.socket.proto)
         except OSError as error:
             return error.errno in (errno.EAGAIN, errno.EINTR)
         if received is None:

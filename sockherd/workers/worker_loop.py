@@ -8,14 +8,19 @@ one byte per event: `r` once it is ready, `i` each time it is idle again
 
 Hand-off modes:
 
-* **accept**: the worker blocks in `server.get_request()` on the inherited
-  listening socket.  A blocking accept() lets the kernel wake exactly one
-  waiting worker, in FIFO order (no thundering herd, no LIFO bias).  The
-  supervisor sets SO_RCVTIMEO on the listener, so accept() returns EAGAIN every
-  `heartbeat_interval` seconds: the worker then beats its heartbeat and checks
-  whether it was told to stop.  Each accepted socket gets SO_RCVTIMEO cleared
-  (the kernel copies it from the listener); `get_request()` then applies the
-  server's `read_timeout`.  Datagram servers work the same way with `recvfrom()`.
+* **accept**: the worker calls `server.get_request()` on the inherited
+  listening socket, which the supervisor made non-blocking (stream servers).
+  A worker free for a request accepts until the backlog is empty (EAGAIN), as
+  gunicorn's sync worker does: a running worker serves what is queued within its
+  time slice instead of the kernel waking another process for each connection.
+  Only then does it wait, in epoll with EPOLLEXCLUSIVE on the listener (the kernel
+  wakes one waiting worker per connection, no thundering herd) and on its self-pipe,
+  for at most `heartbeat_interval` seconds: the worker then beats its heartbeat and
+  checks whether it was told to stop.  A busy worker never accepts, so a connection
+  never waits behind a slow request while another worker is free.  Accepted
+  sockets are ordinary blocking sockets (nothing to clear on each one);
+  `get_request()` then applies the server's `read_timeout`.  Datagram servers
+  block in `recvfrom()` instead, with SO_RCVTIMEO on the socket for the heartbeat.
 * **dispatch**: the supervisor accepts and passes each connection over the
   channel (SCM_RIGHTS); the worker waits on the channel and a self-pipe, and
   applies `read_timeout` to each connection it receives.
@@ -37,14 +42,14 @@ import signal
 import socket
 import struct
 import sys
-import time
+from time import monotonic
 from typing import Any
 
 from ..server.read_deadline import limit_reads, outcome_of_failure
 from . import live_record, slow_traceback
 from .fd_passing import receive_connection
 from .lifecycle import WorkerState
-from .scoreboard import Scoreboard
+from .scoreboard import Scoreboard, record_request, request_done, take_request
 from .template import PROMOTE, run_template
 
 READY = b"r"
@@ -69,6 +74,7 @@ class Worker:
         self.server = server
         self.index = index
         self.scoreboard = scoreboard
+        self.slot: Any = None  # the shared slot's view, kept for the hot path (set by run())
         self.channel = channel
         self.handoff = handoff
         self.heartbeat_interval = heartbeat_interval
@@ -84,6 +90,7 @@ class Worker:
         self.over_memory_limit = False
         self.wake_read, self.wake_write = os.pipe()
         os.set_blocking(self.wake_write, False)
+        self.listener_wait: ListenerWait | None = None  # accept mode, stream listener
 
     # --- set-up --------------------------------------------------------------------
 
@@ -127,17 +134,18 @@ class Worker:
             sys.stderr.flush()
             return BOOT_FAILURE_EXIT
         slow_traceback.arm(self.server)
-        live_record.attach(self.scoreboard.slots[self.index])
+        self.slot = self.scoreboard.slots[self.index]
+        live_record.attach(self.slot)
         live_record.describe_http_requests(self.server)
         self.scoreboard.set_state(self.index, WorkerState.IDLE)
         self.tell(READY)
         listener = self.server.socket
-        if type(listener) is socket.socket and listener.type == socket.SOCK_STREAM:
-            # Accepted sockets inherit the listener's SO_RCVTIMEO: clear it inside accept(),
-            # before a get_request() override can use the connection (a TLS handshake).
-            self.server.socket = _HeartbeatListener(
-                listener.family, listener.type, listener.proto, fileno=listener.detach()
-            )
+        if (
+            self.handoff != "dispatch"
+            and getattr(listener, "type", None) == socket.SOCK_STREAM
+            and listener.gettimeout() == 0.0  # made non-blocking by set_listener_heartbeat
+        ):
+            self.listener_wait = ListenerWait(listener.fileno(), self.wake_read)
         if self.handoff == "dispatch":
             self.dispatched_loop()
         else:
@@ -157,9 +165,9 @@ class Worker:
         """
         if self.request_limit and self.served >= self.request_limit:
             return True
-        if self.memory_limit and self.over_memory_limit:
+        if self.over_memory_limit:
             return True
-        now = time.monotonic()
+        now = monotonic()
         if now >= self.next_beat:
             self.next_beat = now + self.heartbeat_interval
             self.scoreboard.beat(self.index)
@@ -167,7 +175,7 @@ class Worker:
                 return True
         # The scoreboard flag, not only SIGTERM's handler: a Python signal handler may
         # never run in a child forked from a non-main thread (seen on CPython 3.13.0).
-        return self.stopping or bool(self.scoreboard.slots[self.index].stop)
+        return self.stopping or bool(self.slot.stop)
 
     def accept_loop(self) -> None:
         """accept mode: block in get_request() on the shared listener, one request at a time."""
@@ -176,12 +184,21 @@ class Worker:
         if self.scoreboard.header.draining:
             self.drain_backlog()
 
-    def accept_one(self) -> bool:
-        """Accept and serve one request; False if accept() timed out or failed."""
+    def accept_one(self, wait: bool = True) -> bool:
+        """Accept and serve one request; False if none was waiting or accept() failed.
+
+        With nothing to accept on a stream listener, first wait (unless `wait` is False)
+        until a connection may be there, a signal came, or `heartbeat_interval` passed."""
         try:
             request, client_address = self.server.get_request()
-        except (BlockingIOError, InterruptedError):
-            return False  # SO_RCVTIMEO expired: time to beat and look at the stop flag
+        except BlockingIOError:
+            # The backlog is empty (or, datagram, SO_RCVTIMEO expired): wait for the next
+            # connection, then the caller beats and looks at the stop flag.
+            if wait and self.listener_wait is not None:
+                self.listener_wait.wait(self.heartbeat_interval)
+            return False
+        except InterruptedError:
+            return False
         except OSError as error:
             pause = self.server.accept_failed(error)
             if pause:
@@ -198,7 +215,7 @@ class Worker:
         poller = select.poll()
         poller.register(self.server.socket.fileno(), select.POLLIN)
         while poller.poll(0):
-            if not self.accept_one():
+            if not self.accept_one(wait=False):
                 return
 
     def dispatched_loop(self) -> None:
@@ -223,7 +240,7 @@ class Worker:
     def serve_dispatched(self, family: int, kind: int) -> bool:
         """Receive one connection from the channel and serve it; False if the channel is done."""
         try:
-            received = receive_connection(self.channel, family, kind)
+            received = receive_connection(self.channel, family, kind, self.server.socket.proto)
         except OSError as error:
             return error.errno in (errno.EAGAIN, errno.EINTR)
         if received is None:
@@ -236,39 +253,58 @@ class Worker:
         return True
 
     def serve(self, request: Any, client_address: Any) -> None:
-        """Run the handler on one request exactly as a synchronous server would."""
-        self.scoreboard.set_state(self.index, WorkerState.BUSY)
-        self.scoreboard.begin_request(self.index)
-        began = time.monotonic()
-        live_record.begin(self.scoreboard.slots[self.index], client_address, began)
+        """Run the handler on one request exactly as a synchronous server would.
+
+        The per-request path: two clock readings and plain stores on the slot
+        (`take_request`, the live record, `record_request`, `request_done`)."""
+        slot = self.slot
+        began = monotonic()
+        take_request(slot, began)
+        live_record.begin(slot, client_address, began)
         outcome = "ok"
+        server = self.server
         try:
-            self.server.finish_request(request, client_address)
+            server.finish_request(request, client_address)
         except Exception:
             outcome = outcome_of_failure(request)
-            self.server.handle_error(request, client_address)
+            server.handle_error(request, client_address)
         finally:
             # Count before the connection closes: once the client has its answer, the
             # scoreboard already shows the request.
-            self.scoreboard.record_request(self.index, time.monotonic() - began, outcome)
+            ended = monotonic()
+            record_request(slot, ended - began, outcome)
             self.served += 1
-            self.server.shutdown_request(request)
+            server.shutdown_request(request)
             if self.memory_limit and resident_memory() > self.memory_limit:
                 self.over_memory_limit = True  # recycle: finish here, a fresh worker follows
-            self.scoreboard.set_state(self.index, WorkerState.IDLE)
+            request_done(slot, ended)
 
 
-class _HeartbeatListener(socket.socket):
-    """The worker's view of the shared listener: accept() returns sockets without the
-    listener's heartbeat receive timeout, so handlers get ordinary blocking sockets."""
+class ListenerWait:
+    """Where an accept-mode worker waits when the listen backlog is empty: the shared
+    listener (EPOLLEXCLUSIVE where the system has it: one waiting worker is woken per
+    connection) and the worker's self-pipe (SIGTERM), in one epoll (elsewhere poll)."""
 
-    def accept(self) -> tuple[socket.socket, Any]:
-        connection, address = super().accept()
-        try:
-            connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _NO_TIMEOUT)
-        except OSError:
-            pass
-        return connection, address
+    def __init__(self, listener_fd: int, wake_fd: int) -> None:
+        self.epoll = getattr(select, "epoll", None)
+        if self.epoll is not None:
+            self.poller: Any = self.epoll()
+            try:
+                self.poller.register(listener_fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            except (AttributeError, OSError):  # no EPOLLEXCLUSIVE: every waiter wakes
+                self.poller.register(listener_fd, select.EPOLLIN)
+            self.poller.register(wake_fd, select.EPOLLIN)
+        else:
+            self.poller = select.poll()
+            self.poller.register(listener_fd, select.POLLIN)
+            self.poller.register(wake_fd, select.POLLIN)
+
+    def wait(self, timeout: float) -> None:
+        """Return once a connection may be waiting, a signal came, or `timeout` seconds."""
+        if self.epoll is not None:
+            self.poller.poll(timeout)
+        else:
+            self.poller.poll(timeout * 1000)
 
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -287,10 +323,21 @@ def resident_memory() -> int:
 
 
 def set_listener_heartbeat(listener: socket.socket, interval: float) -> bool:
-    """Make blocking accept()/recv() on `listener` return EAGAIN every `interval` seconds."""
-    seconds = int(interval)
-    micros = int((interval - seconds) * 1_000_000)
+    """Prepare the shared `listener` of an accept-mode pool (supervisor side, before the
+    workers fork) so that a waiting worker wakes every `interval` seconds to beat.
+
+    A stream listener is made non-blocking (workers accept until EAGAIN, then wait in
+    `ListenerWait` with `interval` as timeout); a receive timeout left on it by an older
+    sockherd (carried through an in-place upgrade) is cleared, so accepted sockets do not
+    inherit it.  A datagram socket gets SO_RCVTIMEO: a blocking recvfrom() returns EAGAIN
+    every `interval` seconds.  False if the system refused."""
     try:
+        if listener.type == socket.SOCK_STREAM:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _NO_TIMEOUT)
+            listener.setblocking(False)
+            return True
+        seconds = int(interval)
+        micros = int((interval - seconds) * 1_000_000)
         listener.setsockopt(
             socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", seconds, micros)
         )
