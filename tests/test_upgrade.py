@@ -357,3 +357,20 @@ def test_the_new_image_reads_the_configuration_again(tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_stop_during_the_pre_flight_abandons_the_upgrade(supervisor):
+    supervisor.write_app("v1", delay=2.0)  # the pre-flight takes two seconds
+    from sockherd.supervisor.control import send_command
+
+    assert send_command(supervisor.control, "upgrade")["ok"]  # started; the outcome comes later
+    supervisor.wait_log("loading the new code first")
+    with socket.create_connection(("127.0.0.1", supervisor.port), timeout=10) as held:
+        supervisor.process.send_signal(signal.SIGTERM)
+        supervisor.wait_log("stopping gracefully")
+        supervisor.wait_log("upgrade abandoned: the supervisor is draining", timeout=20)
+        held.sendall(b"hi\n")
+        assert held.makefile("rb").readline() == b"v0\n"  # the old code, no exec
+    assert supervisor.process.wait(timeout=30) == 0
+    assert "upgrade: exec" not in supervisor.log

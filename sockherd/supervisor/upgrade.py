@@ -141,6 +141,10 @@ class Upgrader:
 
     def _preflight_done(self, ok: bool, output: str) -> None:
         self.preflight = None
+        if not self.arbiter.state.is_(State.UPGRADING):  # a stop came first: no exec now
+            log.info("upgrade abandoned: the supervisor is %s", self.arbiter.state.current.value)
+            self._finish("preflight_failed", "abandoned: the supervisor is stopping")
+            return
         if not ok:
             log.error("upgrade: the new code failed to load; still serving the old one:\n%s",
                       output.rstrip())  # fmt: skip
