@@ -6,9 +6,13 @@ Theory of operation
 `refork_after = [N1, N2, ...]`: when a worker of the current generation has served
 N1 requests, it is promoted (its slot's stop flag set to `PROMOTE`; dispatch mode
 stops handing it connections); the next refork waits for a worker of the next
-generation to serve N2, and so on.  `sockherd ctl refork` promotes the busiest
-worker by hand.  While a promotion is pending the pool holds its spawns (the
-promoted worker is not replaced from the cold supervisor).
+generation to serve N2, and so on.  A promotion waits until the generation is
+complete and announced ("N workers ready"): a slot shows IDLE before the worker's
+READY arrives, and a worker promoted in between would leave the generation one
+short when that READY is read, so it would never be announced.  `sockherd ctl
+refork` promotes the busiest worker by hand.  While a promotion is pending the
+pool holds its spawns (the promoted worker is not replaced from the cold
+supervisor).
 
 When the worker answers `t` (it is the template) the pool starts a new generation
 (`WorkerPool.reload()`): from then on every spawn of that generation is an order to
@@ -92,6 +96,8 @@ class Reforker:
                 self.pool.worker_exited(index, 1 << 8)  # counted as exit 1
         if self.promoting is not None or not self.thresholds or self.pool.reloading:
             return  # one refork at a time: the last one's generation is complete first
+        if not self.pool.announce_readiness():
+            return  # and announced ("N workers ready") before a worker leaves it
         threshold = self.thresholds[0]
         for handle in self.pool.current():
             if handle.pid and self.pool.scoreboard.slots[handle.index].requests >= threshold:
@@ -100,7 +106,7 @@ class Reforker:
 
     def refork_now(self) -> str:
         """`ctl refork`: promote the current generation's busiest worker; a reply line."""
-        if self.promoting is not None or self.pool.reloading:
+        if self.promoting is not None or self.pool.reloading or not self.pool.announce_readiness():
             return "error: a refork or reload is in progress"
         candidates = [h for h in self.pool.current() if h.pid]
         if not candidates:

@@ -155,16 +155,18 @@ class WorkerPool:
             if event == READY[0]:
                 self.boot_failures = 0
                 self.tick_due = True  # a reload may stop an old worker now
-                self._announce_readiness()
+                self.announce_readiness()
             if self.dispatcher is not None and not self.scoreboard.slots[index].stop:
                 self.dispatcher.worker_idle(index)
 
-    def _announce_readiness(self) -> None:
-        """Log "N workers ready" once each time the current generation becomes complete."""
+    def announce_readiness(self) -> bool:
+        """Log "N workers ready" once each time the current generation becomes complete;
+        return whether it has been (reforking asks before it takes a worker out of it)."""
         ready = self.ready_count()
         if ready >= self.desired and self.announced_ready != (self.generation, self.desired):
             self.announced_ready = (self.generation, self.desired)
             log.info("%d worker%s ready", ready, "" if ready == 1 else "s")
+        return self.announced_ready == (self.generation, self.desired)
 
     def worker_exited(self, index: int, status: int | None) -> None:
         """The reaper took this worker's exit status: see `pool_exits.worker_exited`."""
