@@ -181,8 +181,9 @@ class Reforker:
         pid = int(self.pool.scoreboard.slots[index].pid)
         try:
             exit_fd = os.pidfd_open(pid)
-        except OSError:
+        except OSError:  # gone already (reaped as an orphan): count it, free its slot
             log.warning("worker %d: cannot watch pid %d; it is not adopted", index, pid)
+            self.pool.worker_exited(index, 1 << 8)  # as exit 1
             return
         handle.pid = handle.process.pid = pid
         handle.started_at = time.monotonic()
