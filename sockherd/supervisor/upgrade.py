@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from ..server import carried_listeners
 from .pool_handover import abandon_generation, carry_pool, keep_pool_private
 from .preflight_run import PreflightRun, reason_of
-from .signals import ORPHAN_SIGNALS, SUPERVISOR_SIGNALS
+from .signals import SUPERVISOR_SIGNALS
 from .supervisor_state import State
 from .worker_timeouts import send_signal
 
@@ -157,17 +157,28 @@ class Upgrader:
         """Hand everything over and exec the new image; back to RUNNING if exec fails."""
         arbiter = self.arbiter
         assert self.last is not None
+        try:
+            pools = {label: carry_pool(pool) for label, pool in arbiter.pools_by_label()}
+        except ValueError as error:  # a scoreboard without a memfd (memfd_create failed)
+            for pool in arbiter.pools.values():
+                keep_pool_private(pool)
+            log.error("upgrade: %s; still serving the old code", error)
+            self._finish("preflight_failed", str(error))
+            arbiter.state.move(State.RUNNING)
+            return
         handover = {
             "upgrade": self.last,
             "counts": dict(self.counts),
             "images": self.images,
             "started": arbiter.started,
             "orphans_reaped": arbiter.reaper.orphans_reaped if arbiter.reaper else 0,
-            "pools": {label: carry_pool(pool) for label, pool in arbiter.pools_by_label()},
+            "pools": pools,
         }
         carried_listeners.pass_on()
         os.environ[HANDOVER_ENVIRONMENT] = json.dumps(handover)
-        blocked = {getattr(signal, n) for n in SUPERVISOR_SIGNALS + ORPHAN_SIGNALS}
+        # SIGCHLD is not blocked: its default action is to be ignored, and the new image
+        # reaps what exited meanwhile; a blocked SIGCHLD would outlive the exec in workers.
+        blocked = {getattr(signal, n) for n in SUPERVISOR_SIGNALS}
         signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
         log.info("upgrade: exec %s (pid %d stays)", " ".join(sys.orig_argv), arbiter.pid)
         for handler in logging.getLogger().handlers:
