@@ -13,7 +13,7 @@ stdout is not a terminal; neither knows how a row is made.
 Given the previous reply as well, `frame` adds rates (requests per second, per worker and
 in total) from the difference between the two.  A worker's columns are the ones every
 supervisor reports (slot, pid, state, requests, age) and, when the reply carries them, the
-live record of each worker: `elapsed` (seconds into the request in hand), `cpu_seconds`,
+live record of each worker: `request_elapsed` (seconds into the request in hand), `cpu_seconds`,
 `rss` and `pss` (bytes) and `request` (a description of the request in hand: a string, or
 an object with a `description` or a `peer`).  A reply without those keys simply shows
 fewer columns.
@@ -83,7 +83,7 @@ def _number(value: Any, shown: Callable[[float], str]) -> str:
 
 # The live record's columns: (reply key, header, cell); shown when any worker has the key.
 OPTIONAL_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
-    ("elapsed", "ELAPSED", lambda value: _number(value, duration_text)),
+    ("request_elapsed", "ELAPSED", lambda value: _number(value, duration_text)),
     ("cpu_seconds", "CPU", lambda value: _number(value, lambda s: f"{s:.2f}s")),
     ("rss", "RSS", lambda value: _number(value, bytes_text)),
     ("pss", "PSS", lambda value: _number(value, bytes_text)),
@@ -115,7 +115,7 @@ def busiest_first(
     the most requests served; the slot breaks ties."""
 
     def key(worker: Mapping[str, Any]) -> tuple[bool, float, float, int, str, int]:
-        elapsed = worker.get("elapsed")
+        elapsed = worker.get("request_elapsed")
         return (
             worker.get("state") != "busy",
             -float(elapsed) if isinstance(elapsed, int | float) else 0.0,

@@ -292,8 +292,8 @@ def worker(slot: int, state: str = "idle", requests: int = 0, **live) -> dict:
 def test_busiest_first_puts_busy_workers_and_long_requests_first():
     workers = [
         worker(0, "idle", 50),
-        worker(1, "busy", 1, elapsed=0.2),
-        worker(2, "busy", 9, elapsed=4.0),
+        worker(1, "busy", 1, request_elapsed=0.2),
+        worker(2, "busy", 9, request_elapsed=4.0),
         worker(3, "idle", 70),
     ]
     order = [w["slot"] for w in busiest_first(workers, {})]
@@ -306,9 +306,9 @@ def test_the_live_record_lights_up_its_columns_when_the_reply_carries_it():
     bare = plain(frame(Reading(reply(worker(0), worker(1)), 1.0)))
     assert "ELAPSED" not in bare and "REQUEST\n" not in bare and "RSS" not in bare
     live = reply(
-        worker(0, "busy", 3, elapsed=2.5, cpu_seconds=1.25, rss=48 << 20, pss=30 << 20,
+        worker(0, "busy", 3, request_elapsed=2.5, cpu_seconds=1.25, rss=48 << 20, pss=30 << 20,
                request={"description": "GET /big HTTP/1.1", "peer": "127.0.0.1:5555"}),
-        worker(1, "idle", 7, elapsed=None, cpu_seconds=0.5, rss=40 << 20, pss=25 << 20,
+        worker(1, "idle", 7, request_elapsed=None, cpu_seconds=0.5, rss=40 << 20, pss=25 << 20,
                request=None),
     )  # fmt: skip
     lines = frame(Reading(live, 1.0))

@@ -38,7 +38,8 @@ def readiness(snapshot: SupervisorSnapshot) -> tuple[bool, str]:
     return True, "ready"
 
 
-def _worker(worker: WorkerSnapshot) -> dict[str, Any]:
+def worker_json(worker: WorkerSnapshot) -> dict[str, Any]:
+    """One live worker as `/status.json` and `ctl status` give it."""
     return {
         "slot": worker.slot,
         "pid": worker.pid,
@@ -56,6 +57,8 @@ def _worker(worker: WorkerSnapshot) -> dict[str, Any]:
         "rss": worker.rss,
         "pss": worker.pss,
         "uss": worker.uss,
+        "threads": worker.threads,
+        "busy_threads": worker.busy_threads,
     }
 
 
@@ -86,7 +89,7 @@ def _pool(pool: PoolSnapshot) -> dict[str, Any]:
         "slow_requests": pool.slow_requests,
         "restarts": dict(pool.restarts),
         "exit_causes": dict(pool.exit_causes),
-        "workers": [_worker(worker) for worker in pool.workers],
+        "workers": [worker_json(worker) for worker in pool.workers],
         "last_exits": [_exit(record) for record in pool.last_exits],
     }
 

@@ -20,6 +20,7 @@ import collections
 from typing import TYPE_CHECKING, Any
 
 from ..metrics.snapshot import SupervisorSnapshot
+from ..metrics.status_json import worker_json
 
 if TYPE_CHECKING:
     from .arbiter import Arbiter
@@ -84,22 +85,7 @@ def status_reply(snapshot: SupervisorSnapshot) -> dict[str, Any]:
         restarts.update(pool.restarts)
         exits.update(pool.exits)
         for worker in pool.workers:
-            row: dict[str, Any] = {
-                "slot": worker.slot,
-                "pid": worker.pid,
-                "generation": worker.generation,
-                "state": worker.state,
-                "requests": worker.requests,
-                "errors": worker.errors,
-                "age": worker.age,
-                "request": worker.request,
-                "elapsed": worker.request_elapsed,
-                "cpu_seconds": worker.cpu_seconds,
-                "rss": worker.rss,
-                "pss": worker.pss,
-                "threads": worker.threads,
-                "busy_threads": worker.busy_threads,
-            }
+            row = worker_json(worker)
             if several:
                 row["server"] = server.label
             workers.append(row)

@@ -42,7 +42,6 @@ handler itself.
 
 from __future__ import annotations
 
-import errno
 import queue
 import select
 import signal
@@ -50,8 +49,7 @@ import threading
 import time
 from typing import Any
 
-from ..server.read_deadline import limit_reads, outcome_of_failure
-from .fd_passing import receive_connection
+from ..server.read_deadline import outcome_of_failure
 from .lifecycle import WorkerState
 from .worker_loop import IDLE, Worker, resident_memory
 
@@ -176,28 +174,15 @@ class ThreadedWorker(Worker):
         family, kind = self.server.socket.family, self.server.socket.type
         while channel_only.poll(0):
             try:
-                received = receive_connection(self.channel, family, kind, self.server.socket.proto)
+                received = self.receive_dispatched(family, kind)
             except OSError:
                 return
             if received is None:
                 return
-            connection, client_address = received
-            timeout = getattr(self.server, "read_timeout", None)
-            self.serve_in_thread(limit_reads(connection, timeout), client_address)
+            self.serve_in_thread(*received)
 
-    def serve_dispatched(self, family: int, kind: int) -> bool:
-        """Receive one connection from the channel and hand it to a thread."""
-        try:
-            received = receive_connection(self.channel, family, kind, self.server.socket.proto)
-        except OSError as error:
-            return error.errno in (errno.EAGAIN, errno.EINTR)
-        if received is None:
-            return False  # the supervisor closed our channel
-        connection, client_address = received
-        self.serve(
-            limit_reads(connection, getattr(self.server, "read_timeout", None)), client_address
-        )
-        return True
+    def dispatched_served(self) -> None:
+        """Nothing to tell: each thread sends its own credit when its request ends."""
 
     def serve(self, request: Any, client_address: Any) -> None:
         """Hand one request to a free thread (the main thread's side)."""

@@ -240,17 +240,27 @@ class Worker:
     def serve_dispatched(self, family: int, kind: int) -> bool:
         """Receive one connection from the channel and serve it; False if the channel is done."""
         try:
-            received = receive_connection(self.channel, family, kind, self.server.socket.proto)
+            received = self.receive_dispatched(family, kind)
         except OSError as error:
             return error.errno in (errno.EAGAIN, errno.EINTR)
         if received is None:
             return False  # the supervisor closed our channel
-        connection, client_address = received
-        self.serve(
-            limit_reads(connection, getattr(self.server, "read_timeout", None)), client_address
-        )
-        self.tell(IDLE)
+        self.serve(*received)
+        self.dispatched_served()
         return True
+
+    def receive_dispatched(self, family: int, kind: int) -> tuple[Any, Any] | None:
+        """The next connection the supervisor passed, under its read deadline, and its
+        address; None once the channel is closed.  OSError as the receive raises it."""
+        received = receive_connection(self.channel, family, kind, self.server.socket.proto)
+        if received is None:
+            return None
+        connection, client_address = received
+        return limit_reads(connection, getattr(self.server, "read_timeout", None)), client_address
+
+    def dispatched_served(self) -> None:
+        """A passed connection was served: the worker takes one more (its credit)."""
+        self.tell(IDLE)
 
     def serve(self, request: Any, client_address: Any) -> None:
         """Run the handler on one request exactly as a synchronous server would.
