@@ -264,6 +264,8 @@ def test_a_worker_stops_after_a_sigterm_that_arrived_while_its_handler_ran_pytho
         with socket.create_connection(server.server_address, timeout=10) as client:
             client.shutdown(socket.SHUT_WR)
             wait_until(lambda: "spinning" in recorder.texts())
+            # the worker may serve before the loop thread has recorded its fork
+            wait_until(lambda: len(kind.worker_pids(server)) == 1)
             (worker,) = kind.worker_pids(server)
             stopper.start()
             assert sigterm_sent.wait(5)
