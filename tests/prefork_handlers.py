@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import http.server
 import os
+import select
 import threading
 import time
 
@@ -15,7 +16,9 @@ HOARD: list[bytearray] = []
 
 class Commands(sockherd.StreamRequestHandler):
     """Reads one line: `echo X` answers "PID X"; `sleep S X` does so after S seconds;
-    `hold X` does so once the client sends one more line;
+    `hold X` does so once the client sends one more line, waiting for it in select() (the
+    handler stays busy, as one waiting for a backend would); `park X` reads that line
+    (a threaded worker's connection parks: waiting for its client, it is not busy);
     `hang` never answers; `raise` fails the handler; `hoard MB` keeps MB mebibytes;
     `orphan S` abandons a grandchild that lives S seconds and answers its pid;
     `gc` answers whether the collector is enabled and how many objects are frozen."""
@@ -27,7 +30,10 @@ class Commands(sockherd.StreamRequestHandler):
             seconds, _, argument = argument.partition(" ")
             time.sleep(float(seconds))
         elif command == "hold":
-            self.rfile.readline()  # the test decides when the request ends
+            select.select([self.connection], [], [])  # the test decides when the request ends
+            self.rfile.readline()
+        elif command == "park":
+            self.rfile.readline()
         elif command == "hang":
             while True:
                 time.sleep(3600)

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -189,27 +190,96 @@ def ctl(control: str, *words: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_echo_handler_is_served_by_threads():
-    """The stream echo handler over 1 worker x 4 threads: 4 connections at once, each
-    echoed, while the metrics show 4 busy threads."""
-    settings = {"workers": 1, "threads": 4, "heartbeat_interval": 0.05}
+def test_the_echo_handler_serves_more_kept_alive_connections_than_threads():
+    """The stream echo handler over 1 worker x 2 threads: 6 connections open at once are
+    each echoed twice.  Between its lines a connection waits for its client (parked), so
+    it holds no busy thread: all 6 are in hand, none busy, every thread free."""
+    settings = {"workers": 1, "threads": 2, "heartbeat_interval": 0.05}
     with server_process("PreforkTCPServer", "sockherd.examples.echo:EchoHandler", settings,
                         **METRICS) as s:  # fmt: skip
-        wait_until(lambda: threads_by_state(s) == (0, 4), timeout=LOADED)
-        clients = [socket.create_connection(s.address, timeout=LOADED) for _ in range(4)]
+        wait_until(lambda: threads_by_state(s) == (0, 2), timeout=LOADED)
+        clients = [socket.create_connection(s.address, timeout=LOADED) for _ in range(6)]
+        replies = [client.makefile("rb") for client in clients]
         try:
-            for index, client in enumerate(clients):
-                client.sendall(b"line %d\n" % index)
-            for index, client in enumerate(clients):
-                with client.makefile("rb") as reply:
-                    assert reply.readline() == b"line %d\n" % index
-            assert threads_by_state(s) == (4, 0)
-            assert metric_value(s.scrape(), "sockherd_connections_active", server="t") == 4
+            for round_ in range(2):
+                for index, client in enumerate(clients):
+                    client.sendall(b"line %d.%d\n" % (index, round_))
+                for index, reply in enumerate(replies):
+                    assert reply.readline() == b"line %d.%d\n" % (index, round_)
+
+            def all_parked() -> bool:
+                text = s.scrape()
+                return (
+                    metric_value(text, "sockherd_connections_active", server="t") == 6
+                    and metric_value(text, "sockherd_threads", state="busy") == 0
+                )
+
+            wait_until(all_parked, timeout=LOADED)
         finally:
-            for client in clients:
+            for reply, client in zip(replies, clients, strict=True):
+                reply.close()
                 client.close()
-        wait_until(lambda: threads_by_state(s) == (0, 4), timeout=LOADED)
-        assert requests_by_outcome(s)["ok"] == 4
+        wait_until(lambda: requests_by_outcome(s)["ok"] == 6, timeout=LOADED)
+        assert metric_value(s.scrape(), "sockherd_connections_active", server="t") == 0
+
+
+def test_worker_connections_bounds_the_connections_a_worker_holds():
+    """1 worker x 2 threads, worker_connections 3: 3 parked connections fill the worker,
+    so a 4th waits in the listen queue until one of them ends, then is served."""
+    settings = {"workers": 1, "threads": 2, "worker_connections": 3, "heartbeat_interval": 0.05}
+    with server_process("PreforkTCPServer", "prefork_handlers:Commands", settings, **METRICS) as s:
+        wait_until(lambda: threads_by_state(s) == (0, 2), timeout=LOADED)
+        parked = [socket.create_connection(s.address, timeout=LOADED) for _ in range(3)]
+        try:
+            for index, client in enumerate(parked):
+                client.sendall(b"park p%d\n" % index)
+            wait_until(
+                lambda: metric_value(s.scrape(), "sockherd_connections_active", server="t") == 3,
+                timeout=LOADED,
+            )
+            with socket.create_connection(s.address, timeout=LOADED) as fourth:
+                fourth.sendall(b"echo fourth\n")
+                wait_until(
+                    lambda: (
+                        metric_value(s.scrape(), "sockherd_listen_queue_length", server="t") == 1
+                    ),
+                    timeout=LOADED,
+                )
+                parked[0].sendall(b"done\n")
+                with parked[0].makefile("rb") as reply:
+                    assert reply.readline().split()[1] == b"p0"
+                with fourth.makefile("rb") as reply:
+                    assert reply.readline().split()[1] == b"fourth"
+        finally:
+            for client in parked:
+                client.close()
+        wait_until(lambda: requests_by_outcome(s)["ok"] == 4, timeout=LOADED)
+
+
+def test_a_parked_connection_is_not_timed_by_worker_timeout():
+    """worker_timeout measures the handler's work, not a client that takes its time: a
+    connection parked for longer than worker_timeout is still served by the same worker."""
+    settings = {"workers": 1, "threads": 2, "worker_timeout": 0.5, "heartbeat_interval": 0.05}
+    with server_process("PreforkTCPServer", "prefork_handlers:Commands", settings, **METRICS) as s:
+        wait_until(lambda: threads_by_state(s) == (0, 2), timeout=LOADED)
+        with socket.create_connection(s.address, timeout=LOADED) as client:
+            client.sendall(b"park slow\n")
+            wait_until(
+                lambda: metric_value(s.scrape(), "sockherd_connections_active", server="t") == 1,
+                timeout=LOADED,
+            )
+            # The supervisor checks the deadline at each housekeeping pass: serve requests
+            # (bounded) until three worker_timeouts have passed on the clock.
+            deadline = time.monotonic() + 3 * settings["worker_timeout"]
+            for _ in range(10_000):
+                assert request_line(s.address, b"echo meanwhile\n").split()[1] == b"meanwhile"
+                if time.monotonic() > deadline:
+                    break
+            client.sendall(b"done\n")
+            with client.makefile("rb") as reply:
+                assert reply.readline().split()[1] == b"slow"
+        text = s.scrape()
+        assert metric_value(text, "sockherd_worker_restarts_total", reason="timeout") == 0
 
 
 # --- hand-off: who takes a connection -------------------------------------------------------
@@ -333,15 +403,19 @@ def test_max_requests_counts_requests_and_recycles_once_those_in_hand_finish(han
         assert metric_value(s.scrape(), "sockherd_worker_restarts_total", reason="recycled") == 1
 
 
-def test_a_slow_client_holds_one_thread_only():
-    """read_timeout with 1 worker x 2 threads: a client that sends nothing holds one thread
-    until it is cut off; meanwhile the other thread serves."""
+def test_a_slow_client_holds_no_busy_thread():
+    """read_timeout with 1 worker x 2 threads: a client that sends nothing is parked (in
+    hand, not busy) until it is cut off; meanwhile the threads serve."""
     settings = {"workers": 1, "threads": 2, "heartbeat_interval": 0.05}
     with server_process("PreforkTCPServer", "prefork_handlers:Commands", settings,
                         read_timeout=1.0, **METRICS) as s:  # fmt: skip
         wait_until(lambda: threads_by_state(s) == (0, 2), timeout=LOADED)
         with socket.create_connection(s.address, timeout=LOADED) as silent:
-            wait_until(lambda: threads_by_state(s)[0] == 1, timeout=LOADED)
+            wait_until(
+                lambda: metric_value(s.scrape(), "sockherd_connections_active", server="t") == 1,
+                timeout=LOADED,
+            )
+            assert threads_by_state(s) == (0, 2)
             assert request_line(s.address, b"echo meanwhile\n").split()[1] == b"meanwhile"
             assert silent.recv(100) == b""  # cut off after read_timeout
         wait_until(lambda: requests_by_outcome(s)["timeout"] == 1, timeout=LOADED)

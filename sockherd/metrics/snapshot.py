@@ -44,6 +44,7 @@ class WorkerSnapshot:
     started_at: float  # Unix time
     threads: int = 1  # requests it can serve at once (its thread pool)
     busy_threads: int = 0  # threads serving a request now
+    connections: int = 0  # requests in hand: busy, or (threads) kept alive waiting for the client
     # The live record (busy workers): what the request is, whose, for how long.
     request: str | None = None  # its description, or the peer when it has none
     peer: str | None = None
@@ -121,8 +122,9 @@ class PoolSnapshot:
 
     @property
     def in_progress(self) -> int:
-        """Requests being served now: busy workers, or their busy threads if threaded."""
-        return sum(worker.busy_threads for worker in self.workers)
+        """Requests in hand now: busy sync workers' requests, threaded workers'
+        connections (those waiting for their client's next request included)."""
+        return sum(worker.connections for worker in self.workers)
 
     @property
     def thread_counts(self) -> tuple[int, int]:

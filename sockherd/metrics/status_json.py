@@ -59,6 +59,7 @@ def worker_json(worker: WorkerSnapshot) -> dict[str, Any]:
         "uss": worker.uss,
         "threads": worker.threads,
         "busy_threads": worker.busy_threads,
+        "connections": worker.connections,
     }
 
 

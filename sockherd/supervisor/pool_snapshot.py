@@ -64,6 +64,7 @@ def pool_snapshot(pool: WorkerPool) -> PoolSnapshot:
                 rss=figures.rss if figures else None,
                 pss=figures.pss if figures else None,
                 uss=figures.uss if figures else None,
+                connections=scoreboard.requests_in_hand(index),
                 **_threads(slot, scoreboard.state(index)),
             )
         )

@@ -18,6 +18,8 @@ max_requests         0       recycle a worker after this many requests (0: never
 max_requests_jitter  0       plus a random 0..jitter, so workers do not recycle together
 threads              1       requests each worker serves at once, in a pool of threads
                              (see `workers.threaded_worker`); 1: no threads
+worker_connections   1000    threads > 1: connections a worker holds at once, those
+                             kept alive waiting for their client's next request included
 max_worker_memory    None    recycle a worker whose resident memory exceeds this many
                              bytes after a request
 worker_timeout       30      seconds one request (or a worker's boot) may take before
@@ -137,6 +139,7 @@ class PreforkMixIn(_MixInHost):
     slow_request_timeout: float | None = None
     slow_log: str | None = None
     threads = 1
+    worker_connections = 1000
     freeze_heap = True
     idle_timeout: float | None = None
     max_spawn_rate = 32

@@ -196,6 +196,10 @@ TABLE: dict[str, Setting] = {setting.name: setting for setting in (
         "threads", COUNT, 1,
         "requests each worker serves at once, in a pool of threads (1: no threads)",
     ),
+    _prefork(
+        "worker_connections", COUNT, 1000,
+        "threads > 1: connections a worker holds at once, kept-alive ones included",
+    ),
     _prefork("max_requests", COUNT_OR_ZERO, 0, "recycle a worker after N requests (0: never)"),
     _prefork(
         "max_requests_jitter", COUNT_OR_ZERO, 0,

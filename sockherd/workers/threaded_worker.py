@@ -1,4 +1,4 @@
-"""A prefork worker with a pool of threads: up to `threads` connections at once.
+"""A prefork worker with a pool of threads: up to `threads` requests at once.
 
 Theory of operation
 -------------------
@@ -6,23 +6,34 @@ With `threads` = 1 (the default) a worker is the synchronous `worker_loop.Worker
 and this module is not used.  With `threads` = N > 1 the worker's main thread
 still takes the connections (accept mode: accept() on the shared listener;
 dispatch mode: the connections the supervisor passes on the channel) but hands
-each to one of N long-lived request threads through a queue, and never runs a
-handler itself.
+each to a request thread through a queue, and never runs a handler itself.
 
-* **A free thread first.**  A semaphore counts the free threads.  In accept mode
-  the main thread takes one (waiting at most `heartbeat_interval`, then beating
-  and looking at the stop flag) *before* it calls accept(), so a worker whose
-  threads are all busy leaves the listen backlog to the other workers.  In
-  dispatch mode a credit is a free thread: the worker sends `r` and N - 1 `i`
-  bytes when it is ready, one `i` each time a thread is free again, and the
-  supervisor hands a connection to the worker with the most credits.
-* **The scoreboard.**  Each request is counted as in a sync worker (`begin_request`,
-  `record_request`), under one lock, so counters and histograms stay exact.  The
-  slot also shows the pool size, the busy threads, and the start of the oldest
-  request in hand (`oldest_request`): the worker is BUSY while any thread is, and
-  `worker_timeout` measures its oldest request.  A worker killed for it loses its
-  other requests in hand too: the supervisor counts them as `aborted`
-  (`Scoreboard.requests_in_hand`).
+* **Busy and parked.**  A connection is *busy* while its thread runs the handler,
+  and *parked* while its thread waits for the client's next bytes (a kept-alive
+  HTTP connection between two requests; see `client_wait`).  N bounds the busy
+  ones; `worker_connections` bounds all of them, parked included.  So 64
+  keep-alive clients on 4 workers of 8 threads are all served: each worker holds
+  16 connections, of which at most 8 run at once.  A parked connection holds an
+  idle thread (blocked in `recv`, no CPU); threads are started as connections
+  need them and end when more than N would be idle.
+* **Room first.**  In accept mode the main thread waits (at most
+  `heartbeat_interval`, then beats and looks at the stop flag) until fewer than N
+  connections are busy and fewer than `worker_connections` are held, *before* it
+  calls accept(), so a worker without room leaves the listen backlog to the other
+  workers.  In dispatch mode a credit is a busy place free: the worker sends `r`
+  and N - 1 `i` bytes when it is ready and one `i` each time a request ends, and
+  the supervisor hands a connection to the worker with the most credits; there a
+  connection does not park (a credit per park would need one back per unpark), so
+  a kept-alive connection holds its place as in a sync worker.
+* **The scoreboard.**  Each request (a connection, as socketserver counts them) is
+  counted as in a sync worker (`begin_request`, `record_request`), under one lock,
+  so counters and histograms stay exact.  The slot also shows the pool size, the
+  busy connections, and when the oldest busy one last became busy
+  (`oldest_request`): the worker is BUSY while any connection is, and
+  `worker_timeout` measures the handler's work since it last waited for its
+  client (per request on a keep-alive connection; `read_timeout` bounds the
+  client's side).  A worker killed for it loses its other connections too: the
+  supervisor counts them as `aborted` (`Scoreboard.requests_in_hand`).
 * **Limits.**  `max_requests` counts requests taken in hand: once reached the
   worker accepts no more, lets the running ones finish and exits.  `read_timeout`
   applies to each connection, so a slow client holds one thread only.
@@ -35,9 +46,9 @@ handler itself.
   accept-mode worker of a stopping server first takes what waits in the backlog,
   a dispatch-mode worker what was already passed to it, and sends no more
   credits), then puts one sentinel per thread in the queue and joins every thread:
-  a graceful stop or a reload waits for every thread's request, within the
-  supervisor's graceful_timeout.  A worker that reached `max_requests` sends no
-  more credits either.
+  a graceful stop or a reload waits for every connection, parked ones included,
+  within the supervisor's graceful_timeout.  A worker that reached `max_requests`
+  sends no more credits either.
 """
 
 from __future__ import annotations
@@ -50,24 +61,35 @@ import time
 from typing import Any
 
 from ..server.read_deadline import outcome_of_failure
+from .client_wait import enable_parking, serve_with_parking
 from .lifecycle import WorkerState
 from .worker_loop import IDLE, Worker, resident_memory
 
 _Job = tuple[Any, Any] | None  # (request, client_address), or None: the thread ends
+_BUSY, _IDLE = int(WorkerState.BUSY), int(WorkerState.IDLE)
+
+DEFAULT_WORKER_CONNECTIONS = 1000  # as gunicorn's gthread worker
 
 
 class ThreadedWorker(Worker):
     """A worker that serves up to `threads` requests at once (see the module)."""
 
-    def __init__(self, *args: Any, threads: int, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, threads: int, connections: int = DEFAULT_WORKER_CONNECTIONS, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.threads = threads
-        self.lock = threading.Lock()  # guards the scoreboard slot and `in_hand`
-        self.free = threading.Semaphore(threads)  # threads free to take a request
-        self.holding = False  # the main thread holds one free thread for the next request
+        self.max_connections = max(connections, threads)
+        self.lock = threading.Lock()  # guards everything below and the scoreboard slot
+        self.changed = threading.Condition(self.lock)  # a connection parked or ended
+        self.busy = 0  # connections whose thread runs (the main thread's reservation included)
+        self.held = 0  # connections in hand, parked ones included
+        self.idle_threads = 0  # threads waiting for a job and not yet promised one
+        self.holding = False  # the main thread holds a place for the next connection
+        self.main_waits = False  # the main thread waits for room (parking notifies it)
         self.jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self.pool: list[threading.Thread] = []
-        self.in_hand: dict[int, float] = {}  # request number -> monotonic start
+        self.in_hand: dict[int, float] = {}  # busy connection -> monotonic time it became busy
         self.taken = 0  # requests taken in hand (what max_requests counts)
         self.taking = True  # the main thread takes connections (dispatch: send credits)
         self.ended_by: BaseException | None = None  # a handler's SystemExit, KeyboardInterrupt
@@ -75,30 +97,42 @@ class ThreadedWorker(Worker):
     # --- the pool ------------------------------------------------------------------
 
     def start_threads(self) -> None:
-        """Start the request threads and show the pool in the scoreboard."""
+        """Start N request threads and show the pool in the scoreboard."""
         slot = self.scoreboard.slots[self.index]
         slot.threads = self.threads
         slot.busy_threads = 0
-        for number in range(self.threads):
-            thread = threading.Thread(
-                target=self.request_thread, name=f"sockherd-request-{number}", daemon=True
-            )
-            thread.start()
-            self.pool.append(thread)
+        for _ in range(self.threads):
+            self.start_thread()
+
+    def start_thread(self, idle: bool = True) -> None:
+        """One more request thread: idle, or (`idle` False) for the job just queued."""
+        if idle:
+            with self.lock:
+                self.idle_threads += 1
+        self.pool = [thread for thread in self.pool if thread.is_alive()]
+        thread = threading.Thread(
+            target=self.request_thread, name=f"sockherd-request-{len(self.pool)}", daemon=True
+        )
+        thread.start()
+        self.pool.append(thread)
 
     def stop_threads(self) -> None:
-        """Let every thread finish its request, then end them all."""
-        if self.holding:
-            self.holding = False
-            self.free.release()
-        for _ in self.pool:
+        """Let every thread finish its connection, then end them all."""
+        with self.lock:
+            if self.holding:
+                self.holding = False
+                self.busy -= 1
+                self.held -= 1
+        threads = list(self.pool)
+        for _ in threads:
             self.jobs.put(None)
-        for thread in self.pool:
+        for thread in threads:
             thread.join()
         self.pool.clear()
 
     def request_thread(self) -> None:
-        """One request thread: serve jobs from the queue until its sentinel."""
+        """One request thread: serve jobs from the queue until its sentinel, or until more
+        than N threads would be idle."""
         while True:
             job = self.jobs.get()
             if job is None:
@@ -111,15 +145,37 @@ class ThreadedWorker(Worker):
                     self.ended_by = error
                 self._on_sigterm(signal.SIGTERM, None)
             finally:
-                self.free.release()
+                with self.lock:
+                    self.busy -= 1
+                    self.held -= 1
+                    if self.main_waits:
+                        self.changed.notify()
+                    surplus = self.idle_threads >= self.threads
+                    if not surplus:
+                        self.idle_threads += 1
                 if self.handoff == "dispatch" and self.taking:
-                    self.tell(IDLE)  # one more credit: a thread is free
+                    self.tell(IDLE)  # one more credit: a place is free
+            if surplus:
+                return
 
-    def take_free_thread(self, timeout: float | None) -> bool:
-        """Hold a free thread for the next request; False if none freed within `timeout`."""
-        if not self.holding:
-            self.holding = self.free.acquire(timeout=timeout)
-        return self.holding
+    def take_place(self, timeout: float | None) -> bool:
+        """Hold a place for the next connection (fewer than N busy, fewer than
+        `worker_connections` held); False if none came free within `timeout`."""
+        with self.lock:
+            if not self.holding:
+                self.main_waits = True
+                try:
+                    if not self.changed.wait_for(self._has_room, timeout):
+                        return False
+                finally:
+                    self.main_waits = False
+                self.busy += 1
+                self.held += 1
+                self.holding = True
+            return True
+
+    def _has_room(self) -> bool:
+        return self.busy < self.threads and self.held < self.max_connections
 
     # --- the main thread -----------------------------------------------------------
 
@@ -138,11 +194,11 @@ class ThreadedWorker(Worker):
         return super().should_stop()
 
     def accept_loop(self) -> None:
-        """accept mode: accept only while a thread is free; hand each connection to it."""
+        """accept mode: accept only while there is room; hand each connection to a thread."""
         self.start_threads()
         try:
             while not self.should_stop():
-                if self.take_free_thread(self.heartbeat_interval):
+                if self.take_place(self.heartbeat_interval):
                     self.accept_one()
             if self.scoreboard.header.draining:
                 self.drain_backlog()
@@ -154,12 +210,12 @@ class ThreadedWorker(Worker):
         poller = select.poll()
         poller.register(self.server.socket.fileno(), select.POLLIN)
         while poller.poll(0):
-            self.take_free_thread(None)
+            self.take_place(None)
             if not self.accept_one(wait=False):
                 return
 
     def dispatched_loop(self) -> None:
-        """dispatch mode: one credit per free thread; serve what the supervisor passes."""
+        """dispatch mode: one credit per free place; serve what the supervisor passes."""
         self.start_threads()
         self.tell(IDLE * (self.threads - 1))  # `r` was the first credit
         try:
@@ -185,21 +241,33 @@ class ThreadedWorker(Worker):
         """Nothing to tell: each thread sends its own credit when its request ends."""
 
     def serve(self, request: Any, client_address: Any) -> None:
-        """Hand one request to a free thread (the main thread's side)."""
-        self.take_free_thread(None)  # dispatch: a credit promised one; accept: held already
-        self.holding = False
+        """Hand one connection to a request thread (the main thread's side)."""
+        self.take_place(None)  # dispatch: a credit promised one; accept: held already
+        with self.lock:
+            self.holding = False
+            if self.idle_threads:
+                self.idle_threads -= 1  # that thread takes the job
+                start = False
+            else:
+                start = True
         self.taken += 1
         if self.request_limit and self.taken >= self.request_limit:
             self.taking = False  # the last one: no more credits
+        if self.handoff != "dispatch":
+            request = enable_parking(request)
         self.jobs.put((request, client_address))
+        if start:
+            self.start_thread(idle=False)
 
     # --- a request thread ----------------------------------------------------------
 
     def serve_in_thread(self, request: Any, client_address: Any) -> None:
-        """Run the handler on one request, as a synchronous server would, in this thread."""
+        """Run the handler on one request, as a synchronous server would, in this thread
+        (which holds one busy place for it)."""
         began = time.monotonic()
         key = id(request)
         self.begin(key, began)
+        serve_with_parking(self, key)
         outcome = "ok"
         try:
             self.server.finish_request(request, client_address)
@@ -207,6 +275,7 @@ class ThreadedWorker(Worker):
             outcome = outcome_of_failure(request)
             self.server.handle_error(request, client_address)
         finally:
+            serve_with_parking(None)
             # Count before the connection closes, as a sync worker does.
             with self.lock:
                 self.scoreboard.record_request(self.index, time.monotonic() - began, outcome)
@@ -216,29 +285,60 @@ class ThreadedWorker(Worker):
                 if self.memory_limit and resident_memory() > self.memory_limit:
                     self.over_memory_limit = True
             finally:
-                self.end(key)
+                with self.lock:
+                    self._not_busy(key)
 
     def begin(self, key: int, began: float) -> None:
         """Show one more request in hand in the scoreboard."""
-        slot = self.scoreboard.slots[self.index]
         with self.lock:
-            first = not self.in_hand
-            self.in_hand[key] = began
-            slot.busy_threads = len(self.in_hand)
-            if first:
-                slot.oldest_request = began
-                self.scoreboard.set_state(self.index, WorkerState.BUSY)
+            self._busy(key, began)
             self.scoreboard.begin_request(self.index)
 
-    def end(self, key: int) -> None:
-        """Show one request fewer in hand; the worker is IDLE when none is left."""
-        slot = self.scoreboard.slots[self.index]
+    def park(self, key: int) -> None:
+        """Connection `key` waits for its client: one busy place free (`client_wait.Waiter`).
+
+        Run on every read that may wait, so kept short: one lock, plain stores, and a
+        notification only when the main thread waits for room."""
         with self.lock:
-            del self.in_hand[key]
-            slot.busy_threads = len(self.in_hand)
-            slot.oldest_request = min(self.in_hand.values(), default=0.0)
-            if not self.in_hand:
-                self.scoreboard.set_state(self.index, WorkerState.IDLE)
+            self._not_busy(key)
+            self.busy -= 1
+            if self.main_waits:
+                self.changed.notify()
+
+    def unpark(self, key: int) -> None:
+        """Connection `key` has its client's bytes: busy again, at once (`client_wait.Waiter`).
+
+        It does not wait for a free place: its client is already waiting, so N is
+        briefly exceeded rather than a kept-alive request queued behind new ones."""
+        now = time.monotonic()
+        with self.lock:
+            self.busy += 1
+            self._busy(key, now)
+
+    # The slot's busy fields, written under the lock with plain stores (IDLE <-> BUSY is
+    # always legal and only this worker writes its state while it lives).
+
+    def _busy(self, key: int, since: float) -> None:
+        slot = self.slot
+        in_hand = self.in_hand
+        in_hand[key] = since
+        slot.busy_threads = len(in_hand)
+        if len(in_hand) == 1:
+            slot.oldest_request = since
+            slot.state = _BUSY
+            slot.heartbeat = since
+
+    def _not_busy(self, key: int) -> None:
+        slot = self.slot
+        in_hand = self.in_hand
+        since = in_hand.pop(key)
+        slot.busy_threads = len(in_hand)
+        if not in_hand:
+            slot.oldest_request = 0.0
+            slot.state = _IDLE
+            slot.heartbeat = time.monotonic()
+        elif since <= slot.oldest_request:
+            slot.oldest_request = min(in_hand.values())
 
 
 def make_worker(server: Any, *args: Any) -> Worker:
@@ -246,5 +346,6 @@ def make_worker(server: Any, *args: Any) -> Worker:
     else the synchronous `Worker` (arguments: those of `Worker`)."""
     threads = getattr(server, "threads", 1) or 1
     if threads > 1:
-        return ThreadedWorker(server, *args, threads=threads)
+        connections = getattr(server, "worker_connections", None) or DEFAULT_WORKER_CONNECTIONS
+        return ThreadedWorker(server, *args, threads=threads, connections=connections)
     return Worker(server, *args)
