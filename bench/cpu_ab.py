@@ -1,12 +1,13 @@
 """A/B of servers by CPU time and context switches per request, robust on a shared machine.
 
     python bench/cpu_ab.py [--rounds R] [--duration S] [--concurrency C] [--mode echo|http]
-                           SERVER[@VAR=VALUE,...] ...
+                           [--per-conn N] SERVER[@VAR=VALUE,...] ...
 
 Throughput on a machine shared with other work swings by 2× from one second to the
 next; the CPU time a server spends per request barely does.  Each SERVER (a name from
 `servers.py`) runs in its own cpuacct cgroup (cgroup v1, root), pinned to CPU 1, while the
-load generator drives it from CPU 0 (c16, a new connection per request) for S seconds.
+load generator drives it from CPU 0 (c16, a new connection per request unless --per-conn)
+for S seconds.
 Per request it reports the server tree's CPU time (cpuacct.usage), its context switches
 (voluntary and involuntary, summed over the tree's /proc/PID/status), the minor page
 faults of its top process (a forking server's parent: copy-on-write after each fork), and the load
@@ -88,7 +89,7 @@ def one(spec: str, args: argparse.Namespace, build_dir: str) -> dict:
         result = subprocess.run(
             [os.path.join(build_dir, "loadgen"), "--port", str(port), "--mode", args.mode]
             + ["--concurrency", str(args.concurrency), "--duration", str(args.duration)]
-            + ["--warmup", "0", "--per-conn", "1", "--timeout", "10"],
+            + ["--warmup", "0", "--per-conn", str(args.per_conn), "--timeout", "10"],
             capture_output=True,
             text=True,
             timeout=args.duration + 30,
@@ -129,6 +130,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=1.5)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--mode", default="echo", choices=("echo", "http"))
+    parser.add_argument(
+        "--per-conn", type=int, default=1, help="requests per connection (keep-alive: > 1)"
+    )
     args = parser.parse_args()
     build_dir = build()
     os.sched_setaffinity(0, {0})

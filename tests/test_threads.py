@@ -256,6 +256,37 @@ def test_worker_connections_bounds_the_connections_a_worker_holds():
         wait_until(lambda: requests_by_outcome(s)["ok"] == 4, timeout=LOADED)
 
 
+def test_accept_mode_spreads_kept_alive_connections_over_the_workers():
+    """2 workers x 2 threads, accept mode: 8 connections parked one after the other end up
+    4 and 4 (a worker holding more than another with room leaves new connections to it;
+    without that, the worker the kernel wakes first would hold most of them)."""
+    settings = {"workers": 2, "threads": 2, "heartbeat_interval": 0.05}
+    with server_process("PreforkTCPServer", "prefork_handlers:Commands", settings, **METRICS) as s:
+        wait_until(lambda: threads_by_state(s) == (0, 4), timeout=LOADED)
+        clients: list[socket.socket] = []
+        try:
+            for index in range(8):
+                client = socket.create_connection(s.address, timeout=LOADED)
+                clients.append(client)
+                client.sendall(b"park p%d\n" % index)
+                wait_until(
+                    lambda: (
+                        metric_value(s.scrape(), "sockherd_connections_active", server="t")
+                        == len(clients)
+                    ),
+                    timeout=LOADED,
+                )
+            pids = []
+            for client in clients:
+                client.sendall(b"done\n")
+                with client.makefile("rb") as reply:
+                    pids.append(reply.readline().split()[0])
+        finally:
+            for client in clients:
+                client.close()
+        assert sorted(pids.count(pid) for pid in set(pids)) == [4, 4]
+
+
 def test_a_parked_connection_is_not_timed_by_worker_timeout():
     """worker_timeout measures the handler's work, not a client that takes its time: a
     connection parked for longer than worker_timeout is still served by the same worker."""

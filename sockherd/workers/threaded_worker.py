@@ -20,7 +20,10 @@ each to a request thread through a queue, and never runs a handler itself.
   `heartbeat_interval`, then beats and looks at the stop flag) until fewer than N
   connections are busy and fewer than `worker_connections` are held, *before* it
   calls accept(), so a worker without room leaves the listen backlog to the other
-  workers.  In dispatch mode a credit is a busy place free: the worker sends `r`
+  workers.  Past N connections held it also leaves the next one to any serving
+  worker with room that holds fewer (read from the scoreboard, looked at again
+  every `FAIR_RECHECK`): otherwise the worker the kernel wakes first would gather
+  every kept-alive connection and its one GIL would serve them all.  In dispatch mode a credit is a busy place free: the worker sends `r`
   and N - 1 `i` bytes when it is ready and one `i` each time a request ends, and
   the supervisor hands a connection to the worker with the most credits; there a
   connection does not park (a credit per park would need one back per unpark), so
@@ -67,6 +70,8 @@ from .worker_loop import IDLE, Worker, resident_memory
 
 _Job = tuple[Any, Any] | None  # (request, client_address), or None: the thread ends
 _BUSY, _IDLE = int(WorkerState.BUSY), int(WorkerState.IDLE)
+_SERVING = (_IDLE, _BUSY)
+FAIR_RECHECK = 0.01  # seconds between looks at the other workers while leaving them a turn
 
 DEFAULT_WORKER_CONNECTIONS = 1000  # as gunicorn's gthread worker
 
@@ -158,24 +163,56 @@ class ThreadedWorker(Worker):
             if surplus:
                 return
 
-    def take_place(self, timeout: float | None) -> bool:
+    def take_place(self, timeout: float | None, fair: bool = True) -> bool:
         """Hold a place for the next connection (fewer than N busy, fewer than
-        `worker_connections` held); False if none came free within `timeout`."""
+        `worker_connections` held and, if `fair`, no other worker with room holding
+        fewer); False if none came free within `timeout`."""
         with self.lock:
-            if not self.holding:
-                self.main_waits = True
-                try:
-                    if not self.changed.wait_for(self._has_room, timeout):
-                        return False
-                finally:
-                    self.main_waits = False
-                self.busy += 1
-                self.held += 1
-                self.holding = True
+            if self.holding:
+                return True
+            deadline = None if timeout is None else time.monotonic() + timeout
+            self.main_waits = True
+            try:
+                while True:
+                    wait = None  # until a connection of ours parks or ends
+                    if self._has_room():
+                        if not fair or self._fair_to_take():
+                            break
+                        wait = FAIR_RECHECK  # the others' counts change without telling us
+                    if deadline is not None:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            return False
+                        wait = left if wait is None else min(wait, left)
+                    self.changed.wait(wait)
+            finally:
+                self.main_waits = False
+            self.busy += 1
+            self.held += 1
+            self.holding = True
             return True
 
     def _has_room(self) -> bool:
         return self.busy < self.threads and self.held < self.max_connections
+
+    def _fair_to_take(self) -> bool:
+        """Whether this worker should take the next connection: it holds fewer than N,
+        or no other serving worker with room holds fewer (read from the scoreboard).
+        Without this the worker the kernel wakes first would take every kept-alive
+        connection: accept mode spreads them as dispatch does."""
+        mine = self.held
+        if mine < self.threads:
+            return True
+        board = self.scoreboard
+        for index in range(board.size):
+            if index == self.index:
+                continue
+            slot = board.slots[index]
+            if slot.state not in _SERVING or slot.stop or slot.busy_threads >= slot.threads:
+                continue
+            if board.requests_in_hand(index) < mine:
+                return False
+        return True
 
     # --- the main thread -----------------------------------------------------------
 
@@ -210,7 +247,7 @@ class ThreadedWorker(Worker):
         poller = select.poll()
         poller.register(self.server.socket.fileno(), select.POLLIN)
         while poller.poll(0):
-            self.take_place(None)
+            self.take_place(None, fair=False)
             if not self.accept_one(wait=False):
                 return
 
@@ -242,7 +279,7 @@ class ThreadedWorker(Worker):
 
     def serve(self, request: Any, client_address: Any) -> None:
         """Hand one connection to a request thread (the main thread's side)."""
-        self.take_place(None)  # dispatch: a credit promised one; accept: held already
+        self.take_place(None, fair=False)  # dispatch: a credit promised one; accept: held
         with self.lock:
             self.holding = False
             if self.idle_threads:
