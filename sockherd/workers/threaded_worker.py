@@ -23,11 +23,12 @@ each to a request thread through a queue, and never runs a handler itself.
   workers.  Past N connections held it also leaves the next one to any serving
   worker with room that holds fewer (read from the scoreboard, looked at again
   every `FAIR_RECHECK`): otherwise the worker the kernel wakes first would gather
-  every kept-alive connection and its one GIL would serve them all.  In dispatch mode a credit is a busy place free: the worker sends `r`
-  and N - 1 `i` bytes when it is ready and one `i` each time a request ends, and
-  the supervisor hands a connection to the worker with the most credits; there a
-  connection does not park (a credit per park would need one back per unpark), so
-  a kept-alive connection holds its place as in a sync worker.
+  every kept-alive connection and its one GIL would serve them all.  In dispatch
+  mode a credit is a busy place free: the worker sends `r` and N - 1 `i` bytes
+  when it is ready and one `i` each time a request ends, and the supervisor hands
+  a connection to the worker with the most credits; there a connection does not
+  park (a credit per park would need one back per unpark), so a kept-alive
+  connection holds its place as in a sync worker.
 * **The scoreboard.**  Each request (a connection, as socketserver counts them) is
   counted as in a sync worker (`begin_request`, `record_request`), under one lock,
   so counters and histograms stay exact.  The slot also shows the pool size, the
