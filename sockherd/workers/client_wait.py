@@ -76,16 +76,16 @@ def enable_parking(connection: object) -> object:
 
 
 class ParkingSocket(socket.socket):
-    """A connected socket whose reads park the serving thread while they wait (see the module)."""
+    """A connected socket whose blocking reads park the serving thread (see the module)."""
 
     __slots__ = ()
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        """socket.recv(); the thread parks if it has to wait for data."""
+        """socket.recv(), with the serving thread parked while the call lasts."""
         return self._read(super().recv, bufsize, flags)
 
     def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0, flags: int = 0) -> int:  # type: ignore[override]
-        """socket.recv_into() (what makefile() reads with); the thread parks if it has to wait."""
+        """socket.recv_into() (what makefile() reads with), the serving thread parked."""
         return self._read(super().recv_into, buffer, nbytes, flags)
 
     def _read(self, read: Callable[..., _T], *args: object) -> _T:
