@@ -10,7 +10,8 @@ load generator drives it from CPU 0 (c16, a new connection per request unless --
 for S seconds.
 Per request it reports the server tree's CPU time (cpuacct.usage), its context switches
 (voluntary and involuntary, summed over the tree's /proc/PID/status), the minor page
-faults of its top process (a forking server's parent: copy-on-write after each fork), and the load
+faults of its top process (a forking server's parent: copy-on-write after each fork) and of
+its reaped children (a forking server's request children), and the load
 generator's req/s, p50 and p99.  Rounds interleave the servers, alternating their
 order; medians and the spread (min–max) are printed.  `@VAR=VALUE,…` after a name
 runs that server with those environment variables (A/B of an environment setting;
@@ -85,7 +86,7 @@ def one(spec: str, args: argparse.Namespace, build_dir: str) -> dict:
         time.sleep(0.3)
         pids = _read(f"{CGROUP}/cgroup.procs").split()
         cpu0, switches0 = int(_read(f"{CGROUP}/cpuacct.usage")), _switches(pids)
-        faults0 = _minor_faults(server.pid)
+        faults0, child_faults0 = _minor_faults(server.pid)
         result = subprocess.run(
             [os.path.join(build_dir, "loadgen"), "--port", str(port), "--mode", args.mode]
             + ["--concurrency", str(args.concurrency), "--duration", str(args.duration)]
@@ -97,7 +98,7 @@ def one(spec: str, args: argparse.Namespace, build_dir: str) -> dict:
         )
         cpu1 = int(_read(f"{CGROUP}/cpuacct.usage"))
         switches1 = _switches(pids)  # the same processes (a pool's workers live on)
-        faults1 = _minor_faults(server.pid)
+        faults1, child_faults1 = _minor_faults(server.pid)
         figures = json.loads(result.stdout)
     finally:
         _kill_group(server)
@@ -109,13 +110,15 @@ def one(spec: str, args: argparse.Namespace, build_dir: str) -> dict:
         "cpu_us": (cpu1 - cpu0) / 1000 / requests,
         "switches": (switches1 - switches0) / requests,
         "faults": (faults1 - faults0) / requests,
+        "child_faults": (child_faults1 - child_faults0) / requests,
     }
 
 
-def _minor_faults(pid: int) -> int:
-    """Minor page faults of process `pid` (/proc/PID/stat field 10: copy-on-write among them)."""
+def _minor_faults(pid: int) -> tuple[int, int]:
+    """Minor page faults of process `pid` and of its reaped children (/proc/PID/stat
+    fields 10 and 11: copy-on-write among them)."""
     fields = _read(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()
-    return int(fields[7])
+    return int(fields[7]), int(fields[8])
 
 
 def _write(path: str, text: str) -> None:
@@ -144,7 +147,7 @@ def main() -> None:
     print(f"{args.rounds} rounds of {args.duration} s, c{args.concurrency}, {args.mode}")
     print(
         f"{'server':40} {'cpu µs/req':>16} {'switches/req':>14} {'top faults/req':>16} "
-        f"{'req/s':>8} p50 ms  p99 ms"
+        f"{'child faults/req':>18} {'req/s':>8} p50 ms  p99 ms"
     )
     for name, rows in results.items():
 
@@ -157,7 +160,7 @@ def main() -> None:
 
         print(
             f"{name:40} {cell('cpu_us', 1):>16} {cell('switches', 2):>14} "
-            f"{cell('faults', 1):>16} "
+            f"{cell('faults', 1):>16} {cell('child_faults', 0):>18} "
             f"{statistics.median(r['rps'] for r in rows):>8.0f} "
             f"{statistics.median(r['p50_ms'] for r in rows):7.2f} "
             f"{statistics.median(r['p99_ms'] for r in rows):7.2f}"

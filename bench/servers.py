@@ -38,6 +38,7 @@ ECHO_SERVERS = (
     "cpython-threading",
     "cpython-forking",
     "handmade-prefork",
+    "handmade-dispatch",
     "sockherd-sync",
     "sockherd-threading",
     "sockherd-forking",
@@ -193,6 +194,68 @@ def _accept_forever(listener: socket.socket) -> None:
             connection.close()
 
 
+def serve_handmade_dispatch(workers: int) -> None:
+    """The Python floor of a dispatch hand-off: one process accepts and passes each
+    connection (SCM_RIGHTS) to an idle worker, which runs EchoHandler and sends one
+    byte back when it is idle again -- sockherd's dispatch protocol with nothing else:
+    no scoreboard, no timeouts, no supervision."""
+    import collections
+    import selectors
+
+    listener = socket.create_server(("127.0.0.1", 0), backlog=socket.SOMAXCONN)
+    listener.setblocking(False)
+    print(listener.getsockname()[1], flush=True)
+    channels = []
+    for _ in range(workers):
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        if os.fork() == 0:
+            parent_end.close()
+            _serve_dispatched_forever(child_end)
+        child_end.close()
+        channels.append(parent_end)
+    credits = collections.deque(channels)
+    selector = selectors.DefaultSelector()
+    for channel in channels:
+        selector.register(channel, selectors.EVENT_READ)
+    watching_listener = False
+    while True:  # the runner SIGKILLs the whole process group
+        if bool(credits) != watching_listener:
+            watching_listener = bool(credits)
+            if watching_listener:
+                selector.register(listener, selectors.EVENT_READ)
+            else:
+                selector.unregister(listener)
+        for key, _ in selector.select():
+            if key.fileobj is listener:
+                while credits:
+                    try:
+                        connection, _address = listener.accept()
+                    except BlockingIOError:
+                        break
+                    socket.send_fds(credits.popleft(), [b"c"], [connection.fileno()])
+                    connection.close()
+            else:
+                credits.extend([key.fileobj] * len(key.fileobj.recv(64)))
+
+
+def _serve_dispatched_forever(channel: socket.socket) -> None:
+    channel.send(b"i")
+    while True:
+        _, fds, _, _ = socket.recv_fds(channel, 1, 1)
+        connection = socket.socket(fileno=fds[0])
+        try:
+            EchoHandler(connection, connection.getpeername(), None)
+        except Exception:
+            pass
+        finally:
+            try:
+                connection.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            connection.close()
+        channel.send(b"i")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -204,6 +267,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.name == "handmade-prefork":
         serve_handmade_prefork(args.workers)
+        return
+    if args.name == "handmade-dispatch":
+        serve_handmade_dispatch(args.workers)
         return
     server = build_server(args.name, args.workers, args.keepalive)
     if args.metrics is not None:

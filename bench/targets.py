@@ -77,6 +77,7 @@ def check(rows: list[dict]) -> list[Outcome]:
                 _key("echo", base),
                 minimum,
             )
+    _dispatch_targets(outcomes, rows, summary)
     _serve_targets(outcomes, rows, summary)
     gunicorn = _key("http", "gunicorn-sync")
     for handoff in ("accept", "dispatch"):
@@ -130,6 +131,28 @@ def check(rows: list[dict]) -> list[Outcome]:
                 0.97,
             )
     return outcomes
+
+
+def _dispatch_targets(outcomes: list[Outcome], rows: list[dict], summary: dict) -> None:
+    """Dispatch ≥ 0.7× accept (c16, new conn), next to the same ratio for the hand-made pair
+    (`handmade-dispatch`: the hand-off protocol and nothing else, the Python floor of a
+    hand-off) and sockherd's dispatch against that floor."""
+    pairs = (
+        ("sockherd-prefork-dispatch", "sockherd-prefork-accept", 0.7),
+        ("handmade-dispatch", "handmade-prefork", None),
+        ("sockherd-prefork-dispatch", "handmade-dispatch", None),
+    )
+    for ours, base, minimum in pairs:
+        text = f"echo {ours} / {base} (c16, new conn)"
+        key, base_key = _key("echo", ours), _key("echo", base)
+        if key not in summary or base_key not in summary:
+            outcomes.append(Outcome(text, "not measured", None))
+            continue
+        ratio = paired_ratio(rows, key, base_key)
+        if minimum is None:
+            outcomes.append(Outcome(f"{text} (reference)", f"{ratio:.2f}×", None))
+        else:
+            outcomes.append(Outcome(f"{text} ≥ {minimum}×", f"{ratio:.2f}×", ratio >= minimum))
 
 
 def _serve_targets(outcomes: list[Outcome], rows: list[dict], summary: dict) -> None:

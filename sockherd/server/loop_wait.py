@@ -17,6 +17,7 @@ does not rebuild its selector on every iteration.
 
 from __future__ import annotations
 
+import select
 import selectors
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +48,7 @@ class LoopWait:
         self._guests = guests
         self._selector = selector
         self._listening: set[Any] = set()  # the servers whose sockets are watched now
+        self._listener_poll: Any = None  # select.poll() of the server's socket, made on first use
         if wakeup is not None:
             selector.register(wakeup.read_fd, selectors.EVENT_READ, wakeup.drain)
         for fd, (callback, events) in sources.items():
@@ -86,13 +88,27 @@ class LoopWait:
         timeout = self._watch(server, _LISTENER, timeout)
         for guest in self._guests:
             timeout = self._watch(guest, guest._handle_request_noblock, timeout)
-        listener_ready = False
+        listener_ready = woken = False
         for key, _events in self._selector.select(timeout):
             if key.data is _LISTENER:
                 listener_ready = True
             else:
                 key.data()
+                woken = True
+        if woken and not listener_ready and server not in self._listening:
+            return self._waiting_now(server)
         return listener_ready
+
+    def _waiting_now(self, server: Any) -> bool:
+        """A wake source's callback may have let an unwatched server accept again (a
+        dispatch pool's worker turned idle): True if a connection already waits, so it is
+        served in this pass rather than after one more pass and one more select()."""
+        if not hasattr(select, "poll") or server.accept_paused_for() or not server.accepting():
+            return False  # without poll() the next pass serves it
+        if self._listener_poll is None:
+            self._listener_poll = select.poll()
+            self._listener_poll.register(server.fileno(), select.POLLIN)
+        return bool(self._listener_poll.poll(0))
 
     def _watch(self, server: Any, data: Any, timeout: float | None) -> float | None:
         """Watch `server`'s socket or not, as its back-off and its pool allow; return the

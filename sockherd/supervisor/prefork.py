@@ -105,6 +105,7 @@ else:
     _MixInHost = object
 
 log = logging.getLogger(__name__)
+DISPATCH_BURST = 64  # dispatch mode: connections handed out in one loop pass, at most
 
 # The keyword settings of a Prefork*Server: every attribute of the settings table, plus
 # the metrics credentials (which the command reads from a file).
@@ -275,6 +276,18 @@ class PreforkMixIn(_MixInHost):
             "not handle_request()"
         )
 
+    def _handle_request_noblock(self) -> None:
+        """Handle one request, without blocking; dispatch mode: then those already waiting
+        while a worker is idle (at most DISPATCH_BURST: a burst costs one loop pass)."""
+        super()._handle_request_noblock()
+        pool = self._pool
+        if pool is None or pool.dispatcher is None:
+            return
+        for _ in range(DISPATCH_BURST):
+            if not (pool.accepting() and pool.backlog_waiting()) or self.accept_paused_for():
+                return
+            super()._handle_request_noblock()
+
     def process_request(self, request: Any, client_address: Any) -> None:
         """Dispatch mode, in the supervisor: pass the connection to an idle worker.
 
@@ -305,8 +318,9 @@ class PreforkMixIn(_MixInHost):
 
     def _limit_reads(self, connection: Any) -> Any:
         """Dispatch mode accepts in the supervisor: the worker that receives the
-        connection applies read_timeout there (a socket object does not travel)."""
-        if self.handoff == "dispatch" and self.socket.type == socket.SOCK_STREAM:
+        connection applies read_timeout there (a socket object does not travel).  Only
+        TCPServer.get_request() calls this: the listener is a stream socket."""
+        if self.handoff == "dispatch":
             return connection
         return super()._limit_reads(connection)
 

@@ -81,6 +81,7 @@ class WorkerPool:
         self.spawner = Spawner(server, self.scoreboard, settings.handoff)
         dispatch = settings.handoff == "dispatch"
         self.dispatcher = Dispatcher(self.scoreboard, settings.threads) if dispatch else None
+        self.backlog_poll: select.poll | None = None  # the listener, for backlog_waiting()
         self.generation = 0
         self.workers: dict[int, WorkerHandle] = {}
         self.exit_counts: collections.Counter[str] = collections.Counter()
@@ -349,9 +350,10 @@ class WorkerPool:
 
     def backlog_waiting(self) -> bool:
         """Whether connections wait in the listener's backlog."""
-        poller = select.poll()
-        poller.register(self.server.socket.fileno(), select.POLLIN)
-        return bool(poller.poll(0))
+        if self.backlog_poll is None:
+            self.backlog_poll = select.poll()
+            self.backlog_poll.register(self.server.socket.fileno(), select.POLLIN)
+        return bool(self.backlog_poll.poll(0))
 
     @property
     def stopped(self) -> bool:

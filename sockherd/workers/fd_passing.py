@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import pickle
 import socket
+import struct
 from typing import Any
 
 MAX_MESSAGE = 4096
+_INT = struct.Struct("i")  # a C int: SCM_RIGHTS carries an array of them
 
 
 def send_connection(channel: socket.socket, connection: socket.socket, address: Any) -> None:
-    """Send `connection` and its client `address` to the worker at the other end."""
-    socket.send_fds(channel, [pickle.dumps(address)], [connection.fileno()])
+    """Send `connection` and its client `address` to the worker at the other end
+    (`socket.send_fds()`'s message, without its array of one fd)."""
+    rights = (socket.SOL_SOCKET, socket.SCM_RIGHTS, _INT.pack(connection.fileno()))
+    channel.sendmsg([pickle.dumps(address)], [rights])
 
 
 def receive_connection(
