@@ -198,7 +198,9 @@ def serve_handmade_dispatch(workers: int) -> None:
     """The Python floor of a dispatch hand-off: one process accepts and passes each
     connection (SCM_RIGHTS) to an idle worker, which runs EchoHandler and sends one
     byte back when it is idle again -- sockherd's dispatch protocol with nothing else:
-    no scoreboard, no timeouts, no supervision."""
+    no scoreboard, no timeouts, no supervision.  A worker holds one credit at most (its
+    first "i", then one per connection served), so it is never sent a connection while
+    it serves another."""
     import collections
     import selectors
 
@@ -213,7 +215,7 @@ def serve_handmade_dispatch(workers: int) -> None:
             _serve_dispatched_forever(child_end)
         child_end.close()
         channels.append(parent_end)
-    credits = collections.deque(channels)
+    credits: collections.deque[socket.socket] = collections.deque()  # each worker sends "i" first
     selector = selectors.DefaultSelector()
     for channel in channels:
         selector.register(channel, selectors.EVENT_READ)
