@@ -1,18 +1,19 @@
 """A/B of servers by CPU time and context switches per request, robust on a shared machine.
 
     python bench/cpu_ab.py [--rounds R] [--duration S] [--concurrency C] [--mode echo|http]
-                           [--per-conn N] SERVER[@VAR=VALUE,...] ...
+                           [--per-conn N] [--server-cpus LIST] SERVER[@VAR=VALUE,...] ...
 
 Throughput on a machine shared with other work swings by 2× from one second to the
 next; the CPU time a server spends per request barely does.  Each SERVER (a name from
-`servers.py`) runs in its own cpuacct cgroup (cgroup v1, root), pinned to CPU 1, while the
+`servers.py`) runs in its own cpuacct cgroup (cgroup v1, root), pinned to CPU 1 (or
+--server-cpus, e.g. 0,1: a multi-process server may then use both), while the
 load generator drives it from CPU 0 (c16, a new connection per request unless --per-conn)
 for S seconds.
 Per request it reports the server tree's CPU time (cpuacct.usage), its context switches
 (voluntary and involuntary, summed over the tree's /proc/PID/status), the minor page
 faults of its top process (a forking server's parent: copy-on-write after each fork) and of
 its reaped children (a forking server's request children), and the load
-generator's req/s, p50 and p99.  Rounds interleave the servers, alternating their
+generator's req/s, p50, p99 and p99.9.  Rounds interleave the servers, alternating their
 order; medians and the spread (min–max) are printed.  `@VAR=VALUE,…` after a name
 runs that server with those environment variables (A/B of an environment setting;
 `SOCKHERD_BENCH_TREE=DIR` runs the sockherd package found in DIR: A/B of two
@@ -66,7 +67,8 @@ def one(spec: str, args: argparse.Namespace, build_dir: str) -> dict:
         env["PYTHONPATH"] = env["SOCKHERD_BENCH_TREE"]
     os.makedirs(CGROUP, exist_ok=True)
     port = free_port() if name in servers.SERVE_SERVERS or name == "gunicorn-sync" else 0
-    argv = servers.command(name, sys.executable, build_dir, 4, port)
+    keepalive = args.per_conn > 1  # HTTP: the handler speaking HTTP/1.1
+    argv = servers.command(name, sys.executable, build_dir, 4, port, keepalive=keepalive)
     server = subprocess.Popen(
         argv,
         stdout=subprocess.PIPE,
@@ -77,7 +79,7 @@ def one(spec: str, args: argparse.Namespace, build_dir: str) -> dict:
         start_new_session=True,
         preexec_fn=lambda: (
             _write(f"{CGROUP}/cgroup.procs", str(os.getpid())),
-            os.sched_setaffinity(0, {1}),
+            os.sched_setaffinity(0, args.server_cpus),
         ),
     )
     try:
@@ -107,6 +109,7 @@ def one(spec: str, args: argparse.Namespace, build_dir: str) -> dict:
         "rps": figures["rps"],
         "p50_ms": figures["p50_us"] / 1000,
         "p99_ms": figures["p99_us"] / 1000,
+        "p999_ms": figures["p999_us"] / 1000,
         "cpu_us": (cpu1 - cpu0) / 1000 / requests,
         "switches": (switches1 - switches0) / requests,
         "faults": (faults1 - faults0) / requests,
@@ -136,6 +139,12 @@ def main() -> None:
     parser.add_argument(
         "--per-conn", type=int, default=1, help="requests per connection (keep-alive: > 1)"
     )
+    parser.add_argument(
+        "--server-cpus",
+        type=lambda text: {int(cpu) for cpu in text.split(",")},
+        default={1},
+        help="CPUs the server may use, e.g. 0,1 (default 1; the load generator keeps CPU 0)",
+    )
     args = parser.parse_args()
     build_dir = build()
     os.sched_setaffinity(0, {0})
@@ -147,7 +156,7 @@ def main() -> None:
     print(f"{args.rounds} rounds of {args.duration} s, c{args.concurrency}, {args.mode}")
     print(
         f"{'server':40} {'cpu µs/req':>16} {'switches/req':>14} {'top faults/req':>16} "
-        f"{'child faults/req':>18} {'req/s':>8} p50 ms  p99 ms"
+        f"{'child faults/req':>18} {'req/s':>8} p50 ms  p99 ms  p99.9 ms"
     )
     for name, rows in results.items():
 
@@ -163,7 +172,8 @@ def main() -> None:
             f"{cell('faults', 1):>16} {cell('child_faults', 0):>18} "
             f"{statistics.median(r['rps'] for r in rows):>8.0f} "
             f"{statistics.median(r['p50_ms'] for r in rows):7.2f} "
-            f"{statistics.median(r['p99_ms'] for r in rows):7.2f}"
+            f"{statistics.median(r['p99_ms'] for r in rows):7.2f} "
+            f"{statistics.median(r['p999_ms'] for r in rows):8.2f}"
         )
     try:
         os.rmdir(CGROUP)
