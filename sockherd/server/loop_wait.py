@@ -108,7 +108,7 @@ class LoopWait:
         if self._listener_poll is None:
             self._listener_poll = select.poll()
             self._listener_poll.register(server.fileno(), select.POLLIN)
-        return bool(self._listener_poll.poll(0))
+        return any(events & select.POLLIN for _fd, events in self._listener_poll.poll(0))
 
     def _watch(self, server: Any, data: Any, timeout: float | None) -> float | None:
         """Watch `server`'s socket or not, as its back-off and its pool allow; return the

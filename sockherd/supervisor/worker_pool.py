@@ -353,7 +353,7 @@ class WorkerPool:
         if self.backlog_poll is None:
             self.backlog_poll = select.poll()
             self.backlog_poll.register(self.server.socket.fileno(), select.POLLIN)
-        return bool(self.backlog_poll.poll(0))
+        return any(events & select.POLLIN for _fd, events in self.backlog_poll.poll(0))
 
     @property
     def stopped(self) -> bool:
