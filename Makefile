@@ -38,8 +38,8 @@ test-others:
 test-all: test test-others
 
 ## make bench: sockherd against CPython's socketserver, a hand-written prefork and gunicorn,
-## interleaved rounds, medians and ratios in bench/results/latest.{md,csv} (~11 min on 2 cores).
-## make bench-quick (or make bench ARGS=--quick): only the targets' cells, under 2 minutes.
+## interleaved rounds, medians and ratios in bench/results/latest.{md,csv} (~13 min on 2 cores).
+## make bench-quick (or make bench ARGS=--quick): only the targets' cells, under 3 minutes.
 ## make bench runs the memory benchmark too.
 bench: $(STAMP)
 	@./bench/setup "$(VENV)"

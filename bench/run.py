@@ -11,9 +11,9 @@ to CPU 1 (its whole process tree), the load generator to CPU 0.
 
 Writes DIR/latest.csv (one row per measurement) and DIR/latest.md (medians,
 ratios, the issue's targets), and prints the Markdown.  Defaults: the full
-matrix, 3 rounds of 1 s per cell, into bench/results/ (about 11 minutes on 2
+matrix, 3 rounds of 1 s per cell, into bench/results/ (about 13 minutes on 2
 cores); --quick: the cells the targets need, 2 rounds of 1 s, into bench/build/
-(under 2 minutes); --threads-only: the prefork × threads keep-alive cells alone
+(under 3 minutes); --threads-only: the prefork × threads keep-alive cells alone
 (into bench/build/ unless --out); --only: of the chosen matrix, only the cells whose
 "protocol:server" matches one of the comma-separated shell patterns (e.g.
 `--quick --only 'echo:handmade*,echo:sockherd-*accept'`, into bench/build/ unless
