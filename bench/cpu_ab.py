@@ -1,7 +1,8 @@
 """A/B of servers by CPU time and context switches per request, robust on a shared machine.
 
     python bench/cpu_ab.py [--rounds R] [--duration S] [--concurrency C] [--mode echo|http]
-                           [--per-conn N] [--server-cpus LIST] SERVER[@VAR=VALUE,...] ...
+                           [--per-conn N] [--workers N] [--server-cpus LIST]
+                           SERVER[@VAR=VALUE,...] ...
 
 Throughput on a machine shared with other work swings by 2× from one second to the
 next; the CPU time a server spends per request barely does.  Each SERVER (a name from
@@ -68,7 +69,7 @@ def one(spec: str, args: argparse.Namespace, build_dir: str) -> dict:
     os.makedirs(CGROUP, exist_ok=True)
     port = free_port() if name in servers.SERVE_SERVERS or name == "gunicorn-sync" else 0
     keepalive = args.per_conn > 1  # HTTP: the handler speaking HTTP/1.1
-    argv = servers.command(name, sys.executable, build_dir, 4, port, keepalive=keepalive)
+    argv = servers.command(name, sys.executable, build_dir, args.workers, port, keepalive=keepalive)
     server = subprocess.Popen(
         argv,
         stdout=subprocess.PIPE,
@@ -139,6 +140,7 @@ def main() -> None:
     parser.add_argument(
         "--per-conn", type=int, default=1, help="requests per connection (keep-alive: > 1)"
     )
+    parser.add_argument("--workers", type=int, default=4, help="workers of every pool")
     parser.add_argument(
         "--server-cpus",
         type=lambda text: {int(cpu) for cpu in text.split(",")},

@@ -16,8 +16,11 @@ Hand-off modes:
   Only then does it wait, in epoll with EPOLLEXCLUSIVE on the listener (the kernel
   wakes one waiting worker per connection, no thundering herd) and on its self-pipe,
   for at most `heartbeat_interval` seconds: the worker then beats its heartbeat and
-  checks whether it was told to stop.  A busy worker never accepts, so a connection
-  never waits behind a slow request while another worker is free.  Accepted
+  checks whether it was told to stop.  A worker that serves requests back to back
+  without ever waiting yields the CPU between two of them once per `cpu_turns.TURN`,
+  so it is not preempted in the middle of one while connections queue behind it.
+  A busy worker never accepts, so a connection never waits behind a slow request
+  while another worker is free.  Accepted
   sockets are ordinary blocking sockets (nothing to clear on each one);
   `get_request()` then applies the server's `read_timeout`.  Datagram servers
   block in `recvfrom()` instead, with SO_RCVTIMEO on the socket for the heartbeat.
@@ -46,7 +49,8 @@ from time import monotonic
 from typing import Any
 
 from ..server.read_deadline import limit_reads, outcome_of_failure
-from . import live_record, slow_traceback
+from . import cpu_turns, live_record, slow_traceback
+from .cpu_turns import CpuTurns
 from .fd_passing import receive_connection
 from .lifecycle import WorkerState
 from .scoreboard import Scoreboard, record_request, request_done, take_request
@@ -178,9 +182,12 @@ class Worker:
         return self.stopping or bool(self.slot.stop)
 
     def accept_loop(self) -> None:
-        """accept mode: block in get_request() on the shared listener, one request at a time."""
+        """accept mode: block in get_request() on the shared listener, one request at a time;
+        a worker that runs through requests without waiting takes turns (`cpu_turns`)."""
+        turns = CpuTurns() if cpu_turns.supported() else None
         while not self.should_stop():
-            self.accept_one()
+            if self.accept_one() and turns is not None:
+                turns.request_done()
         if self.scoreboard.header.draining:
             self.drain_backlog()
 
