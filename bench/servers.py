@@ -181,17 +181,21 @@ def serve_handmade_prefork(workers: int) -> None:
 
 def _accept_forever(listener: socket.socket) -> None:
     while True:
-        connection, address = listener.accept()
+        _serve_echo(*listener.accept())
+
+
+def _serve_echo(connection: socket.socket, address: Any) -> None:
+    """EchoHandler on one connection, then shutdown and close, as TCPServer does."""
+    try:
+        EchoHandler(connection, address, None)
+    except Exception:
+        pass
+    finally:
         try:
-            EchoHandler(connection, address, None)
-        except Exception:
+            connection.shutdown(socket.SHUT_WR)
+        except OSError:
             pass
-        finally:
-            try:
-                connection.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            connection.close()
+        connection.close()
 
 
 def serve_handmade_dispatch(workers: int) -> None:
@@ -245,16 +249,7 @@ def _serve_dispatched_forever(channel: socket.socket) -> None:
     while True:
         _, fds, _, _ = socket.recv_fds(channel, 1, 1)
         connection = socket.socket(fileno=fds[0])
-        try:
-            EchoHandler(connection, connection.getpeername(), None)
-        except Exception:
-            pass
-        finally:
-            try:
-                connection.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            connection.close()
+        _serve_echo(connection, connection.getpeername())
         channel.send(b"i")
 
 
