@@ -17,13 +17,13 @@ Hand-off modes:
   wakes one waiting worker per connection, no thundering herd) and on its self-pipe,
   for at most `heartbeat_interval` seconds: the worker then beats its heartbeat and
   checks whether it was told to stop.  A worker that serves requests back to back
-  without ever waiting yields the CPU between two of them once per `cpu_turns.TURN`,
-  so it is not preempted in the middle of one while connections queue behind it.
-  A busy worker never accepts, so a connection never waits behind a slow request
-  while another worker is free.  Accepted
-  sockets are ordinary blocking sockets (nothing to clear on each one);
-  `get_request()` then applies the server's `read_timeout`.  Datagram servers
-  block in `recvfrom()` instead, with SO_RCVTIMEO on the socket for the heartbeat.
+  without waiting or being preempted yields the CPU between two of them once per
+  `cpu_turns.TURN`, so it is not preempted in the middle of one while connections
+  queue behind it.  A busy worker never accepts, so a connection never waits behind
+  a slow request while another worker is free.  Accepted sockets are ordinary
+  blocking sockets (nothing to clear on each one); `get_request()` then applies the
+  server's `read_timeout`.  Datagram servers block in `recvfrom()` instead, with
+  SO_RCVTIMEO on the socket for the heartbeat.
 * **dispatch**: the supervisor accepts and passes each connection over the
   channel (SCM_RIGHTS); the worker waits on the channel and a self-pipe, and
   applies `read_timeout` to each connection it receives.
