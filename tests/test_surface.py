@@ -101,6 +101,7 @@ SOCKHERD_EXTRA_METHODS = {
     "accepting",
     "add_wake_source",
     "attach_loop_hooks",
+    "backlog_waiting",
     "close_loop_fds",
     "detach_loop_hooks",
     "join_loop",

@@ -359,11 +359,8 @@ class BaseServer:
 
     @property
     def request_stats(self) -> RequestStats:
-        """Requests this server process has seen finish: counts by outcome, durations.
-
-        Sync and threading servers count each request; ForkingMixIn counts each
-        reaped child; prefork workers keep theirs in the scoreboard instead.
-        """
+        """Requests this server process has seen finish, by outcome and duration (sync and
+        threading: each request; ForkingMixIn: each reaped child; prefork: the scoreboard)."""
         return self._loop.stats()
 
     @property
@@ -385,6 +382,7 @@ class BaseServer:
     accept_paused_for = extension_points.accept_paused_for
     accept_failed = extension_points.accept_failed
     accepting = extension_points.accepting
+    backlog_waiting = extension_points.backlog_waiting
     close_loop_fds = extension_points.close_loop_fds
 
     # --- private to this layer ---------------------------------------------------------

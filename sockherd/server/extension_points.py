@@ -8,12 +8,14 @@ socketserver layer and the layers above -- nothing above reads a private name.
 * wake sources: `add_wake_source()`, `remove_wake_source()`;
 * loop hooks: `attach_loop_hooks()`, `detach_loop_hooks()`, `loop_hooks`;
 * several listeners in one loop: `join_loop()`, `loop_members`;
-* the loop's state: `serving`, `accepting()`, `accept_paused_for()`, `accept_failed()`;
+* the loop's state: `serving`, `accepting()`, `accept_paused_for()`, `accept_failed()`,
+  `backlog_waiting()`;
 * forked children: `close_loop_fds()`.
 """
 
 from __future__ import annotations
 
+import select
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -101,6 +103,19 @@ def accepting(self: BaseServer) -> bool:
     serving this server decide (a prefork pool with no idle worker says no)."""
     hooks = loop_members(self)[0]._loop.running_hooks
     return all(hook.accepting(self) for hook in hooks)
+
+
+def backlog_waiting(self: BaseServer) -> bool:
+    """Whether a connection (a datagram) waits on this server's socket now: a zero-timeout
+    poll() that reports POLLIN (not POLLERR or POLLNVAL).  False where there is no poll()."""
+    loop, fd = self._loop, self.socket.fileno()
+    if loop.backlog_poll is None or loop.backlog_poll[0] != fd:
+        if not hasattr(select, "poll"):
+            return False
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        loop.backlog_poll = (fd, poller)
+    return any(events & select.POLLIN for _fd, events in loop.backlog_poll[1].poll(0))
 
 
 def close_loop_fds(self: BaseServer) -> None:

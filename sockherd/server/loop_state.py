@@ -10,6 +10,7 @@ thread serving, and the servers sharing one loop (`join_loop`).
 from __future__ import annotations
 
 import logging
+import select
 import selectors
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -40,6 +41,7 @@ class LoopState:
         self.host: BaseServer | None = None  # the server whose loop serves this one
         self.guests: tuple[BaseServer, ...] = ()  # the servers this one's loop serves
         self.request_stats: RequestStats | None = None
+        self.backlog_poll: tuple[int, select.poll] | None = None  # (fd, poll of it)
 
     def add_wake_source(self, fd: int, callback: Callable[[], None], writable: bool) -> None:
         """Watch `fd` from now on (in the running loop too)."""

@@ -17,7 +17,6 @@ does not rebuild its selector on every iteration.
 
 from __future__ import annotations
 
-import select
 import selectors
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -48,7 +47,6 @@ class LoopWait:
         self._guests = guests
         self._selector = selector
         self._listening: set[Any] = set()  # the servers whose sockets are watched now
-        self._listener_poll: Any = None  # select.poll() of the server's socket, made on first use
         if wakeup is not None:
             selector.register(wakeup.read_fd, selectors.EVENT_READ, wakeup.drain)
         for fd, (callback, events) in sources.items():
@@ -96,19 +94,12 @@ class LoopWait:
                 key.data()
                 woken = True
         if woken and not listener_ready and server not in self._listening:
-            return self._waiting_now(server)
+            # A callback may have let the unwatched server accept again (a dispatch pool's
+            # worker turned idle): a connection already waiting is served in this pass.
+            return (
+                not server.accept_paused_for() and server.accepting() and server.backlog_waiting()
+            )
         return listener_ready
-
-    def _waiting_now(self, server: Any) -> bool:
-        """A wake source's callback may have let an unwatched server accept again (a
-        dispatch pool's worker turned idle): True if a connection already waits, so it is
-        served in this pass rather than after one more pass and one more select()."""
-        if not hasattr(select, "poll") or server.accept_paused_for() or not server.accepting():
-            return False  # without poll() the next pass serves it
-        if self._listener_poll is None:
-            self._listener_poll = select.poll()
-            self._listener_poll.register(server.fileno(), select.POLLIN)
-        return any(events & select.POLLIN for _fd, events in self._listener_poll.poll(0))
 
     def _watch(self, server: Any, data: Any, timeout: float | None) -> float | None:
         """Watch `server`'s socket or not, as its back-off and its pool allow; return the

@@ -284,7 +284,7 @@ class PreforkMixIn(_MixInHost):
         if pool is None or pool.dispatcher is None:
             return
         for _ in range(DISPATCH_BURST):
-            if not (self.accepting() and pool.backlog_waiting()) or self.accept_paused_for():
+            if self.accept_paused_for() or not (self.accepting() and self.backlog_waiting()):
                 return
             super()._handle_request_noblock()
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import select
 import signal
 import time
 from collections.abc import Callable
@@ -81,7 +80,6 @@ class WorkerPool:
         self.spawner = Spawner(server, self.scoreboard, settings.handoff)
         dispatch = settings.handoff == "dispatch"
         self.dispatcher = Dispatcher(self.scoreboard, settings.threads) if dispatch else None
-        self.backlog_poll: select.poll | None = None  # the listener, for backlog_waiting()
         self.generation = 0
         self.workers: dict[int, WorkerHandle] = {}
         self.exit_counts: collections.Counter[str] = collections.Counter()
@@ -336,7 +334,7 @@ class WorkerPool:
     def drain_step(self, now: float) -> None:
         """One step of a stop: hand out the backlog, tell workers, kill past the deadline."""
         assert self.stop_deadline is not None
-        if not self.stop_told and not (self.backlog_waiting() and self.workers):
+        if not self.stop_told and not (self.server.backlog_waiting() and self.workers):
             self._tell_all_to_stop()
         if now >= self.stop_deadline and self.workers and not self.killed:
             for handle in self.workers.values():
@@ -347,13 +345,6 @@ class WorkerPool:
                     self.settings.graceful_timeout,
                 )
             self._kill_remaining()
-
-    def backlog_waiting(self) -> bool:
-        """Whether connections wait in the listener's backlog."""
-        if self.backlog_poll is None:
-            self.backlog_poll = select.poll()
-            self.backlog_poll.register(self.server.socket.fileno(), select.POLLIN)
-        return any(events & select.POLLIN for _fd, events in self.backlog_poll.poll(0))
 
     @property
     def stopped(self) -> bool:

@@ -245,9 +245,7 @@ class ThreadedWorker(Worker):
 
     def drain_backlog(self) -> None:
         """Take the connections already queued when the whole server stops."""
-        poller = select.poll()
-        poller.register(self.server.socket.fileno(), select.POLLIN)
-        while poller.poll(0):
+        while self.server.backlog_waiting():
             self.take_place(None, fair=False)
             if not self.accept_one(wait=False):
                 return

@@ -219,9 +219,7 @@ class Worker:
 
     def drain_backlog(self) -> None:
         """Serve the connections already queued when the whole server stops."""
-        poller = select.poll()
-        poller.register(self.server.socket.fileno(), select.POLLIN)
-        while poller.poll(0):
+        while self.server.backlog_waiting():
             if not self.accept_one(wait=False):
                 return
 
