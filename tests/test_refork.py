@@ -35,10 +35,16 @@ def worker_pids(supervisor: int) -> set[int]:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("handoff", ["accept", "dispatch"])
-def test_refork_under_load_loses_nothing_and_counters_continue(handoff):
+@pytest.mark.parametrize(
+    "handoff, threads",
+    [("accept", 1), ("dispatch", 1), ("accept", 2), ("dispatch", 2)],
+    ids=["accept", "dispatch", "accept-threads", "dispatch-threads"],
+)
+def test_refork_under_load_loses_nothing_and_counters_continue(handoff, threads):
+    """A template forks workers of its own kind: threaded ones too (they once died at boot:
+    the template built a plain constructor call without the pool's size)."""
     settings = {"workers": 3, "refork_after": [40, 120], "handoff": handoff,
-                "heartbeat_interval": 0.1}  # fmt: skip
+                "threads": threads, "heartbeat_interval": 0.1}  # fmt: skip
     sent, failures, scrapes, at_generation_2 = [0], [], [], []
     stop = threading.Event()
     with server_process(
@@ -77,14 +83,16 @@ def test_refork_under_load_loses_nothing_and_counters_continue(handoff):
         workers = worker_pids(running.pid)  # psutil: the supervisor's children, nothing else
         supervisor = running.pid
         log = running.log
-    print(f"\n{handoff}: {sent[0]} requests, 2 reforks (the 2nd generation complete after "
-          f"{at_generation_2[0]}), {len(failures)} failed; requests_total {total:.0f}; "
+    print(f"\n{handoff} x {threads}: {sent[0]} requests, 2 reforks (the 2nd generation "
+          f"complete after {at_generation_2[0]}), {len(failures)} failed; "
+          f"requests_total {total:.0f}; "
           f"{len(scrapes)} scrapes during the load")  # fmt: skip
     assert failures == []
     assert total == sent[0]
     assert scrapes == sorted(scrapes)  # monotonic across both reforks
     assert log.count("becomes the template") == 2
     assert "reloading: starting generation 2" in log
+    assert "died while booting" not in log, log
     # the last generation came from a template, yet its workers are the supervisor's children
     assert len(workers - first_generation) >= 3 and supervisor not in workers
 

@@ -553,7 +553,8 @@ def test_the_command_takes_threads_from_the_file_or_the_environment(tmp_path, so
 
 
 def test_threads_default_is_one_and_keeps_the_sync_worker():
-    from sockherd.workers.threaded_worker import ThreadedWorker, make_worker
+    from sockherd.workers.threaded_worker import ThreadedWorker
+    from sockherd.workers.worker_kinds import make_worker
     from sockherd.workers.worker_loop import Worker
 
     assert sockherd.PreforkMixIn.threads == 1
@@ -577,6 +578,50 @@ def test_threads_default_is_one_and_keeps_the_sync_worker():
     finally:
         read.close()
         write.close()
+
+
+@pytest.mark.parametrize("usable_cpus", [0, 1, 2])
+def test_a_worker_leaves_new_connections_to_one_holding_fewer_unless_on_one_cpu(usable_cpus):
+    """`_fair_to_take`, on a real scoreboard: past N connections held, a worker leaves the
+    next one to a serving worker with room that holds fewer; where the pool may use one
+    CPU only it takes it (one core runs one GIL at a time wherever the connections are).
+    A reforked worker (`twin`) keeps the setting."""
+    from sockherd.workers.lifecycle import WorkerState
+    from sockherd.workers.scoreboard import Scoreboard
+    from sockherd.workers.worker_kinds import make_worker
+
+    class Stub:
+        threads = 2
+        max_requests = max_requests_jitter = 0
+        max_worker_memory = None
+
+    board = Scoreboard(2)
+    read, write = socket.socketpair()
+    workers = []
+    try:
+        for index in (0, 1):
+            board.claim(0)
+            board.set_state(index, WorkerState.IDLE)
+            board.slots[index].threads = 2
+        worker = make_worker(Stub(), 0, board, read, "accept", 0.5, usable_cpus=usable_cpus)
+        workers.append(worker)
+        worker.held = 2  # N held: past it, the other worker (holding none, with room) is fairer
+        spreads = usable_cpus != 1
+        assert worker._fair_to_take() is not spreads
+        twin = worker.twin(0, write)
+        workers.append(twin)
+        twin.held = 2
+        assert type(twin) is type(worker) and twin.threads == 2
+        assert twin._fair_to_take() is not spreads
+        worker.held = 1  # below N: always takes
+        assert worker._fair_to_take()
+    finally:
+        for each in workers:
+            os.close(each.wake_read)
+            os.close(each.wake_write)
+        read.close()
+        write.close()
+        board.close()
 
 
 def test_a_threaded_worker_with_a_free_thread_counts_as_idle_for_autoscaling():

@@ -33,7 +33,8 @@ from ..server.heap_freeze import (
     before_fork,
 )
 from ..workers.scoreboard import Scoreboard
-from ..workers.threaded_worker import make_worker
+from ..workers.worker_kinds import make_worker
+from .pool_sizing import host_sizing
 from .worker_process import worker_process_class
 
 if TYPE_CHECKING:
@@ -101,7 +102,15 @@ class Spawner:
         frozen = before_fork(self.server.freeze_heap)
         process = self.process_class(
             target=_worker_main,
-            args=(self.server, index, self.scoreboard, child_end, self.handoff, frozen),
+            args=(
+                self.server,
+                index,
+                self.scoreboard,
+                child_end,
+                self.handoff,
+                host_sizing().workers,
+                frozen,
+            ),
             name=f"sockherd-worker-{index}",
             daemon=True,
         )
@@ -148,10 +157,11 @@ def _worker_main(
     scoreboard: Scoreboard,
     channel: socket.socket,
     handoff: str,
+    usable_cpus: int = 0,
     frozen: FrozenForFork | None = None,
 ) -> None:
     """In the child: collect again (the inherited heap stays frozen), drop the supervisor's
-    fds, then run the worker loop."""
+    fds, then run the worker loop (`usable_cpus`: the pool's, from `pool_sizing`)."""
     after_fork_in_child(frozen)
     os.setpgid(0, 0)  # its own process group: a timeout kill takes its children too
     _die_with_parent()
@@ -159,7 +169,15 @@ def _worker_main(
     for member in server.loop_members:
         if member.socket is not server.socket:
             member.socket.close()  # another server's listener: not this worker's business
-    worker = make_worker(server, index, scoreboard, channel, handoff, server.heartbeat_interval)
+    worker = make_worker(
+        server,
+        index,
+        scoreboard,
+        channel,
+        handoff,
+        server.heartbeat_interval,
+        usable_cpus=usable_cpus,
+    )
     raise SystemExit(worker.run())  # multiprocess flushes the streams and exits with it
 
 

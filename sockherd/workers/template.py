@@ -118,14 +118,7 @@ def _become_worker(template: Any, index: int, generation: int, channel_fd: int) 
             os._exit(1)  # too late: the supervisor gave up on this order and reused the slot
         slot.pid = os.getpid()
         channel.send(PID_WRITTEN)
-        worker = type(template)(  # a worker_loop.Worker, like the template itself
-            template.server,
-            index,
-            template.scoreboard,
-            channel,
-            template.handoff,
-            template.heartbeat_interval,
-        )
+        worker = template.twin(index, channel)  # a worker_loop.Worker, like the template
         code = worker.run()
     except BaseException:
         import traceback

@@ -23,7 +23,10 @@ each to a request thread through a queue, and never runs a handler itself.
   workers.  Past N connections held it also leaves the next one to any serving
   worker with room that holds fewer (read from the scoreboard, looked at again
   every `FAIR_RECHECK`): otherwise the worker the kernel wakes first would gather
-  every kept-alive connection and its one GIL would serve them all.  In dispatch
+  every kept-alive connection and its one GIL would serve them all.  Not where the
+  pool may use one CPU only (its cgroup quota or affinity, `pool_sizing`): one core
+  runs one GIL at a time wherever the connections are, so a deferral only leaves a
+  new connection waiting in the backlog.  In dispatch
   mode a credit is a busy place free: the worker sends `r` and N - 1 `i` bytes
   when it is ready and one `i` each time a request ends, and the supervisor hands
   a connection to the worker with the most credits; there a connection does not
@@ -81,11 +84,18 @@ class ThreadedWorker(Worker):
     """A worker that serves up to `threads` requests at once (see the module)."""
 
     def __init__(
-        self, *args: Any, threads: int, connections: int = DEFAULT_WORKER_CONNECTIONS, **kwargs: Any
+        self,
+        *args: Any,
+        threads: int,
+        connections: int = DEFAULT_WORKER_CONNECTIONS,
+        usable_cpus: int = 0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.threads = threads
         self.max_connections = max(connections, threads)
+        self.usable_cpus = usable_cpus  # 0: not known
+        self.spreads_connections = usable_cpus != 1
         self.lock = threading.Lock()  # guards everything below and the scoreboard slot
         self.changed = threading.Condition(self.lock)  # a connection parked or ended
         self.busy = 0  # connections whose thread runs (the main thread's reservation included)
@@ -99,6 +109,12 @@ class ThreadedWorker(Worker):
         self.taken = 0  # requests taken in hand (what max_requests counts)
         self.taking = True  # the main thread takes connections (dispatch: send credits)
         self.ended_by: BaseException | None = None  # a handler's SystemExit, KeyboardInterrupt
+
+    def own_settings(self) -> dict[str, Any]:
+        """The pool's size, the connection limit and the usable CPUs (see `Worker.twin`)."""
+        return dict(
+            threads=self.threads, connections=self.max_connections, usable_cpus=self.usable_cpus
+        )
 
     # --- the pool ------------------------------------------------------------------
 
@@ -167,7 +183,7 @@ class ThreadedWorker(Worker):
     def take_place(self, timeout: float | None, fair: bool = True) -> bool:
         """Hold a place for the next connection (fewer than N busy, fewer than
         `worker_connections` held and, if `fair`, no other worker with room holding
-        fewer); False if none came free within `timeout`."""
+        fewer where connections are spread); False if none came free within `timeout`."""
         with self.lock:
             if self.holding:
                 return True
@@ -200,9 +216,9 @@ class ThreadedWorker(Worker):
         """Whether this worker should take the next connection: it holds fewer than N,
         or no other serving worker with room holds fewer (read from the scoreboard).
         Without this the worker the kernel wakes first would take every kept-alive
-        connection: accept mode spreads them as dispatch does."""
+        connection: accept mode spreads them as dispatch does (not on one usable CPU)."""
         mine = self.held
-        if mine < self.threads:
+        if mine < self.threads or not self.spreads_connections:
             return True
         board = self.scoreboard
         for index in range(board.size):
@@ -375,13 +391,3 @@ class ThreadedWorker(Worker):
             slot.heartbeat = time.monotonic()
         elif since <= slot.oldest_request:
             slot.oldest_request = min(in_hand.values())
-
-
-def make_worker(server: Any, *args: Any) -> Worker:
-    """The worker for `server`: a `ThreadedWorker` if its `threads` setting is above 1,
-    else the synchronous `Worker` (arguments: those of `Worker`)."""
-    threads = getattr(server, "threads", 1) or 1
-    if threads > 1:
-        connections = getattr(server, "worker_connections", None) or DEFAULT_WORKER_CONNECTIONS
-        return ThreadedWorker(server, *args, threads=threads, connections=connections)
-    return Worker(server, *args)

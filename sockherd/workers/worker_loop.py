@@ -98,6 +98,23 @@ class Worker:
 
     # --- set-up --------------------------------------------------------------------
 
+    def twin(self, index: int, channel: socket.socket) -> Worker:
+        """A new worker of this one's class and settings, for slot `index` and `channel`
+        (what a template forks, `workers.template`)."""
+        return type(self)(
+            self.server,
+            index,
+            self.scoreboard,
+            channel,
+            self.handoff,
+            self.heartbeat_interval,
+            **self.own_settings(),
+        )
+
+    def own_settings(self) -> dict[str, Any]:
+        """The keyword arguments a subclass's constructor takes beyond this class's."""
+        return {}
+
     def install_signals(self) -> None:
         """SIGTERM: stop after the current request.  The supervisor's signals: ignored."""
         for name in ("SIGHUP", "SIGTTIN", "SIGTTOU", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGINT"):
