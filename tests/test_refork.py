@@ -64,8 +64,8 @@ def test_refork_under_load_loses_nothing_and_counters_continue(handoff, threads)
                 except (OSError, AssertionError, IndexError) as error:
                     failures.append(repr(error))
 
-        threads = [threading.Thread(target=client) for _ in range(4)]
-        for thread in threads:
+        clients = [threading.Thread(target=client) for _ in range(4)]
+        for thread in clients:
             thread.start()
         deadline = time.monotonic() + 60
         # the load goes on until the second refork's generation is complete, and a bit more
@@ -76,7 +76,7 @@ def test_refork_under_load_loses_nothing_and_counters_continue(handoff, threads)
         assert log_count(running, "workers ready") >= 3, running.log
         wait_until(lambda: sent[0] >= at_generation_2[0] + 200, timeout=30)
         stop.set()
-        for thread in threads:
+        for thread in clients:
             thread.join(60)
         wait_until(lambda: metric_value(running.scrape(), "sockherd_requests_total") >= sent[0])
         total = metric_value(running.scrape(), "sockherd_requests_total")

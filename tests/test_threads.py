@@ -28,6 +28,7 @@ from conftest import listening_address, wait_for_line, wait_until
 from server_process import ServerProcess, metric_value, request_line, server_process
 
 import sockherd
+from sockherd.supervisor.pool_sizing import host_sizing
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -256,6 +257,10 @@ def test_worker_connections_bounds_the_connections_a_worker_holds():
         wait_until(lambda: requests_by_outcome(s)["ok"] == 4, timeout=LOADED)
 
 
+@pytest.mark.skipif(
+    host_sizing().workers < 2,
+    reason="the pool may use one CPU only: there workers do not spread connections",
+)
 def test_accept_mode_spreads_kept_alive_connections_over_the_workers():
     """2 workers x 2 threads, accept mode: 8 connections parked one after the other end up
     4 and 4 (a worker holding more than another with room leaves new connections to it;
@@ -580,48 +585,75 @@ def test_threads_default_is_one_and_keeps_the_sync_worker():
         write.close()
 
 
-@pytest.mark.parametrize("usable_cpus", [0, 1, 2])
-def test_a_worker_leaves_new_connections_to_one_holding_fewer_unless_on_one_cpu(usable_cpus):
-    """`_fair_to_take`, on a real scoreboard: past N connections held, a worker leaves the
-    next one to a serving worker with room that holds fewer; where the pool may use one
-    CPU only it takes it (one core runs one GIL at a time wherever the connections are).
-    A reforked worker (`twin`) keeps the setting."""
+class _PoolStub:
+    """The settings `make_worker` and `Worker` read from a server."""
+
+    threads = 2
+    max_requests = max_requests_jitter = 0
+    max_worker_memory = None
+
+
+@contextmanager
+def _workers_on_a_scoreboard() -> Iterator[tuple[Any, list[Any], socket.socket]]:
+    """A real two-slot scoreboard (both slots serving, 2 threads each), a list that
+    collects the workers a test builds (their wake-up pipes are closed after), and a
+    channel end to build them with."""
     from sockherd.workers.lifecycle import WorkerState
     from sockherd.workers.scoreboard import Scoreboard
-    from sockherd.workers.worker_kinds import make_worker
-
-    class Stub:
-        threads = 2
-        max_requests = max_requests_jitter = 0
-        max_worker_memory = None
 
     board = Scoreboard(2)
     read, write = socket.socketpair()
-    workers = []
+    workers: list[Any] = []
     try:
         for index in (0, 1):
             board.claim(0)
             board.set_state(index, WorkerState.IDLE)
             board.slots[index].threads = 2
-        worker = make_worker(Stub(), 0, board, read, "accept", 0.5, usable_cpus=usable_cpus)
-        workers.append(worker)
-        worker.held = 2  # N held: past it, the other worker (holding none, with room) is fairer
-        spreads = usable_cpus != 1
-        assert worker._fair_to_take() is not spreads
-        twin = worker.twin(0, write)
-        workers.append(twin)
-        twin.held = 2
-        assert type(twin) is type(worker) and twin.threads == 2
-        assert twin._fair_to_take() is not spreads
-        worker.held = 1  # below N: always takes
-        assert worker._fair_to_take()
+        yield board, workers, read
     finally:
-        for each in workers:
-            os.close(each.wake_read)
-            os.close(each.wake_write)
+        for worker in workers:
+            os.close(worker.wake_read)
+            os.close(worker.wake_write)
         read.close()
         write.close()
         board.close()
+
+
+@pytest.mark.parametrize("usable_cpus", [0, 1, 2])
+def test_a_worker_leaves_new_connections_to_one_holding_fewer_unless_on_one_cpu(usable_cpus):
+    """`_fair_to_take`: past N connections held, a worker leaves the next one to a serving
+    worker with room that holds fewer; where the pool may use one CPU only it takes it
+    (one core runs one GIL at a time wherever the connections are).  0: not known."""
+    from sockherd.workers.worker_kinds import make_worker
+
+    with _workers_on_a_scoreboard() as (board, workers, channel):
+        worker = make_worker(_PoolStub(), 0, board, channel, "accept", 0.5, usable_cpus=usable_cpus)
+        workers.append(worker)
+        worker.held = 2  # N held; the other worker holds none and has room
+        assert worker._fair_to_take() is (usable_cpus == 1)
+        worker.held = 1  # below N: it always takes
+        assert worker._fair_to_take()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_twin_keeps_its_kind_and_settings(threads):
+    """`Worker.twin()`, what a refork template forks: a worker of the same class and
+    settings for another slot and channel (a threaded one: its threads, connection limit
+    and usable CPUs)."""
+    from sockherd.workers.worker_kinds import make_worker
+
+    stub = _PoolStub()
+    stub.threads = threads
+    with _workers_on_a_scoreboard() as (board, workers, channel):
+        worker = make_worker(stub, 0, board, channel, "accept", 0.5, usable_cpus=1)
+        workers.append(worker)
+        twin = worker.twin(1, channel)
+        workers.append(twin)
+        assert type(twin) is type(worker)
+        assert (twin.index, twin.channel, twin.heartbeat_interval) == (1, channel, 0.5)
+        assert twin.own_settings() == worker.own_settings()
+        if threads > 1:
+            assert twin.own_settings() == {"threads": 2, "connections": 1000, "usable_cpus": 1}
 
 
 def test_a_threaded_worker_with_a_free_thread_counts_as_idle_for_autoscaling():

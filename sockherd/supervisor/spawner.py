@@ -99,18 +99,12 @@ class Spawner:
         except OSError as error:
             self._failed(index, error)
             return None
+        usable_cpus = host_sizing().workers  # read once per process, before the fork
         frozen = before_fork(self.server.freeze_heap)
         process = self.process_class(
             target=_worker_main,
-            args=(
-                self.server,
-                index,
-                self.scoreboard,
-                child_end,
-                self.handoff,
-                host_sizing().workers,
-                frozen,
-            ),
+            args=(self.server, index, self.scoreboard, child_end, self.handoff),
+            kwargs={"usable_cpus": usable_cpus, "frozen": frozen},
             name=f"sockherd-worker-{index}",
             daemon=True,
         )
@@ -157,6 +151,7 @@ def _worker_main(
     scoreboard: Scoreboard,
     channel: socket.socket,
     handoff: str,
+    *,
     usable_cpus: int = 0,
     frozen: FrozenForFork | None = None,
 ) -> None:

@@ -25,9 +25,9 @@ each to a request thread through a queue, and never runs a handler itself.
   every `FAIR_RECHECK`): otherwise the worker the kernel wakes first would gather
   every kept-alive connection and its one GIL would serve them all.  Not where the
   pool may use one CPU only (its cgroup quota or affinity, `pool_sizing`): one core
-  runs one GIL at a time wherever the connections are, so a deferral only leaves a
-  new connection waiting in the backlog.  In dispatch
-  mode a credit is a busy place free: the worker sends `r` and N - 1 `i` bytes
+  runs one GIL at a time wherever the connections are, so there a deferral would only
+  leave a new connection waiting in the backlog.  In dispatch mode a credit is a
+  busy place free: the worker sends `r` and N - 1 `i` bytes
   when it is ready and one `i` each time a request ends, and the supervisor hands
   a connection to the worker with the most credits; there a connection does not
   park (a credit per park would need one back per unpark), so a kept-alive
@@ -214,9 +214,9 @@ class ThreadedWorker(Worker):
 
     def _fair_to_take(self) -> bool:
         """Whether this worker should take the next connection: it holds fewer than N,
-        or no other serving worker with room holds fewer (read from the scoreboard).
-        Without this the worker the kernel wakes first would take every kept-alive
-        connection: accept mode spreads them as dispatch does (not on one usable CPU)."""
+        the pool may use one CPU only, or no other serving worker with room holds fewer
+        (read from the scoreboard).  Without this the worker the kernel wakes first
+        would take every kept-alive connection: accept mode spreads them as dispatch does."""
         mine = self.held
         if mine < self.threads or not self.spreads_connections:
             return True

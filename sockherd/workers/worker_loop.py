@@ -46,7 +46,7 @@ import socket
 import struct
 import sys
 from time import monotonic
-from typing import Any
+from typing import Any, Self
 
 from ..server.read_deadline import limit_reads, outcome_of_failure
 from . import cpu_turns, live_record, slow_traceback
@@ -98,7 +98,7 @@ class Worker:
 
     # --- set-up --------------------------------------------------------------------
 
-    def twin(self, index: int, channel: socket.socket) -> Worker:
+    def twin(self, index: int, channel: socket.socket) -> Self:
         """A new worker of this one's class and settings, for slot `index` and `channel`
         (what a template forks, `workers.template`)."""
         return type(self)(
