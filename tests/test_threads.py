@@ -564,18 +564,15 @@ def test_threads_default_is_one_and_keeps_the_sync_worker():
 
     assert sockherd.PreforkMixIn.threads == 1
 
-    class Stub:
-        threads = 1
-        max_requests = max_requests_jitter = 0
-        max_worker_memory = None
-
+    stub = _PoolStub()
     read, write = socket.socketpair()
     try:
         args = (0, None, read, "accept", 0.5)
-        one = make_worker(Stub(), *args)
+        stub.threads = 1
+        one = make_worker(stub, *args)
         assert type(one) is Worker
-        Stub.threads = 3
-        three = make_worker(Stub(), *args)
+        stub.threads = 3
+        three = make_worker(stub, *args)
         assert type(three) is ThreadedWorker and three.threads == 3
         for worker in (one, three):
             os.close(worker.wake_read)

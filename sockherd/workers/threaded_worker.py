@@ -27,8 +27,8 @@ each to a request thread through a queue, and never runs a handler itself.
   pool may use one CPU only (its cgroup quota or affinity, `pool_sizing`): one core
   runs one GIL at a time wherever the connections are, so there a deferral would only
   leave a new connection waiting in the backlog.  In dispatch mode a credit is a
-  busy place free: the worker sends `r` and N - 1 `i` bytes
-  when it is ready and one `i` each time a request ends, and the supervisor hands
+  busy place free: the worker sends `r` and N - 1 `i` bytes when it is ready and
+  one `i` each time a request ends, and the supervisor hands
   a connection to the worker with the most credits; there a connection does not
   park (a credit per park would need one back per unpark), so a kept-alive
   connection holds its place as in a sync worker.
@@ -94,8 +94,7 @@ class ThreadedWorker(Worker):
         super().__init__(*args, **kwargs)
         self.threads = threads
         self.max_connections = max(connections, threads)
-        self.usable_cpus = usable_cpus  # 0: not known
-        self.spreads_connections = usable_cpus != 1
+        self.usable_cpus = usable_cpus  # 0: not known (connections are spread)
         self.lock = threading.Lock()  # guards everything below and the scoreboard slot
         self.changed = threading.Condition(self.lock)  # a connection parked or ended
         self.busy = 0  # connections whose thread runs (the main thread's reservation included)
@@ -218,7 +217,7 @@ class ThreadedWorker(Worker):
         (read from the scoreboard).  Without this the worker the kernel wakes first
         would take every kept-alive connection: accept mode spreads them as dispatch does."""
         mine = self.held
-        if mine < self.threads or not self.spreads_connections:
+        if mine < self.threads or self.usable_cpus == 1:
             return True
         board = self.scoreboard
         for index in range(board.size):
